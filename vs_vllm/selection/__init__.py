@@ -1,0 +1,1 @@
+"""VisionSelector and baseline token selection in plain PyTorch; imports nothing from vLLM or transformers."""

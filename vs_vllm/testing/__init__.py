@@ -1,0 +1,1 @@
+"""Offline test fixtures: deterministic tiny random-weight checkpoints built without any model hub."""

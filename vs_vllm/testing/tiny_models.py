@@ -1,0 +1,214 @@
+"""Deterministic random-weight multimodal checkpoints, built offline.
+
+``build_tiny_model(out_dir, arch="qwen2_5_vl", seed=0)`` writes a checkpoint that transformers and vLLM load from a
+local directory: ``config.json``, ``generation_config.json``, ``model.safetensors``, tokenizer files (a byte-level BPE
+trained in-process with the model family's special tokens), ``preprocessor_config.json`` and the chat template. The
+same seed gives byte-identical files.
+
+Each architecture is one builder function registered in ``ARCH_BUILDERS``; qwen2_vl, qwen3_vl, llava and
+llava_onevision slot in the same way (config + processor files on top of the shared tokenizer builder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ARCH_BUILDERS", "QwenVLSizes", "build_tiny_model", "list_archs"]
+
+_Builder = Callable[[Path, int, Mapping[str, Any]], None]
+ARCH_BUILDERS: dict[str, _Builder] = {}
+
+
+def _register(name: str) -> Callable[[_Builder], _Builder]:
+    def deco(fn: _Builder) -> _Builder:
+        ARCH_BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_archs() -> list[str]:
+    return sorted(ARCH_BUILDERS)
+
+
+@dataclass(frozen=True)
+class QwenVLSizes:
+    """Sizes of a Qwen2.5-VL checkpoint. The defaults make a ~2.5M-parameter model that runs on vLLM's CPU backend.
+
+    Constraints that matter: the text head_dim (hidden / heads) must be one vLLM's CPU attention supports (32, 64, 80,
+    96, 112, 128, ...); ``mrope_section`` must sum to head_dim / 2; the vision head_dim likewise; ``out_hidden_size``
+    equals the text hidden size. ``max_pixels`` caps the image at ``max_pixels / 28**2`` LLM tokens.
+    """
+
+    text_hidden: int = 256
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 512
+    mrope_section: tuple[int, int, int] = (8, 12, 12)
+    max_position_embeddings: int = 4096
+    vision_depth: int = 2
+    vision_hidden: int = 128
+    vision_heads: int = 2
+    vision_intermediate: int = 256
+    fullatt_block_indexes: tuple[int, ...] = (1,)
+    window_size: int = 112
+    min_pixels: int = 28 * 28 * 4
+    max_pixels: int = 28 * 28 * 64
+    initializer_range: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str],
+    *,
+    arch: str = "qwen2_5_vl",
+    seed: int = 0,
+    sizes: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a deterministic random-weight checkpoint of ``arch`` to ``out_dir`` and return its path.
+
+    ``sizes`` overrides fields of the architecture's size dataclass (e.g. ``QwenVLSizes``), so benchmarks can build a
+    larger model with the same code.
+    """
+    if arch not in ARCH_BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}; available: {', '.join(list_archs())}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Never reach for a hub while building.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    ARCH_BUILDERS[arch](out, seed, dict(sizes or {}))
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save_tokenizer(tokenizer: Any, out: Path, processor_class: str) -> None:
+    tokenizer.save_pretrained(str(out))
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    # The fast tokenizer is what every loader uses; naming the Qwen2 class makes AutoTokenizer pick Qwen2Tokenizer.
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg["processor_class"] = processor_class
+    _write_json(cfg_path, cfg)
+    template = tokenizer.chat_template
+    (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    _write_json(out / "chat_template.json", {"chat_template": template})
+
+
+@_register("qwen2_5_vl")
+def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from vs_vllm.testing.tokenizer import build_bpe_tokenizer
+
+    unknown = set(overrides) - set(QwenVLSizes.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown size fields {sorted(unknown)}; known: {sorted(QwenVLSizes.__dataclass_fields__)}")
+    sizes = replace(QwenVLSizes(), **overrides)
+    head_dim = sizes.text_hidden // sizes.text_heads
+    if sum(sizes.mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {sizes.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+
+    tokenizer = build_bpe_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens + [
+        "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>"]}
+    vocab_size = -(-len(tokenizer) // 64) * 64  # pad to a multiple of 64, as real checkpoints do
+
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=sizes.text_hidden,
+        intermediate_size=sizes.text_intermediate,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_heads,
+        num_key_value_heads=sizes.text_kv_heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(sizes.mrope_section)},
+        use_sliding_window=False,
+        initializer_range=sizes.initializer_range,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    vision_config = dict(
+        depth=sizes.vision_depth,
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=sizes.window_size,
+        fullatt_block_indexes=list(sizes.fullatt_block_indexes),
+        out_hidden_size=sizes.text_hidden,
+        tokens_per_second=2,
+        initializer_range=sizes.initializer_range,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        **sizes.extra,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    # Top-level copies of the ids: vLLM and older loaders read them from the root config.
+    config.bos_token_id = ids["<|endoftext|>"]
+    config.eos_token_id = ids["<|im_end|>"]
+    config.pad_token_id = ids["<|endoftext|>"]
+    config.vision_token_id = ids["<|vision_pad|>"]
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+    model.generation_config.do_sample = False
+    model.save_pretrained(str(out), safe_serialization=True)
+
+    _save_tokenizer(tokenizer, out, processor_class="Qwen2_5_VLProcessor")
+    _write_json(
+        out / "preprocessor_config.json",
+        {
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": "Qwen2_5_VLProcessor",
+            "do_resize": True,
+            "do_rescale": True,
+            "do_normalize": True,
+            "do_convert_rgb": True,
+            "rescale_factor": 1 / 255,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "min_pixels": sizes.min_pixels,
+            "max_pixels": sizes.max_pixels,
+            "size": {"shortest_edge": sizes.min_pixels, "longest_edge": sizes.max_pixels},
+        },
+    )
+    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2_5_vl", "seed": seed, "sizes": _jsonable(asdict(sizes))})
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
