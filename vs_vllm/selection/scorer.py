@@ -55,8 +55,8 @@ def importance_scores(
         seg = None
     else:
         cu = cu_seqlens.to(device=x.device, dtype=torch.long)
-        if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != total:
-            raise ValueError(f"cu_seqlens must start at 0 and end at {total}, got {cu.tolist()}")
+        if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(f"cu_seqlens must be non-decreasing from 0 to {total}, got {cu.tolist()}")
         seg = _segment_ids(cu, total, x.device)
         counts = (cu[1:] - cu[:-1]).clamp_min(1).to(torch.float32)
         sums = torch.zeros(counts.numel(), x.shape[1], device=x.device, dtype=torch.float32)
