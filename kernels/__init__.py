@@ -8,4 +8,4 @@
 from .common import Selection
 from .dispatch import gather_selected, resolve_backend, select_tokens
 
-__all__ = ["select_tokens", "gather_selected", "Selection", "resolve_backend"]
+__all__ = ["Selection", "gather_selected", "resolve_backend", "select_tokens"]

@@ -1,0 +1,178 @@
+"""Public entry points: pick the Triton kernels or the torch reference for each call.
+
+Backend rule (first match wins):
+
+1. ``backend="torch"`` or ``backend="triton"`` passed explicitly (an explicit "triton" never falls back: it raises).
+2. ``VS_VLLM_FORCE_TORCH_SELECT=1`` in the environment: torch.
+3. Automatic: CUDA (and ROCm) tensors use Triton when it is installed (except bf16 on CUDA devices below sm_80);
+   CPU tensors use Triton only when ``TRITON_INTERPRET=1`` (tests); every other case uses torch.
+4. Automatic calls with more than 65535 images use torch (CUDA grid limit).
+5. If the automatic Triton path fails before it ever succeeded for that (device type, dtype), one RuntimeWarning
+   says why and that combination uses torch from then on.
+
+Importing this module does not import triton; the first Triton call does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import warnings
+
+import torch
+
+from .common import Selection, check_scorer_weights, empty_selection, make_gather_plan, make_plan
+from .reference import gather_with_plan_ref, select_with_scores_ref
+
+__all__ = ["FORCE_TORCH_ENV", "Selection", "gather_selected", "reset_fallbacks", "resolve_backend", "select_tokens"]
+
+FORCE_TORCH_ENV = "VS_VLLM_FORCE_TORCH_SELECT"
+_BACKENDS = ("torch", "triton")
+
+_lock = threading.Lock()
+_failed: dict[tuple[str, torch.dtype], str] = {}  # (device type, dtype) -> why the Triton path was given up
+_succeeded: set[tuple[str, torch.dtype]] = set()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+def _triton_available() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _auto_backend(x: torch.Tensor) -> str:
+    """The backend an automatic call would use for ``x``, before any fallback."""
+    if not _triton_available():
+        return "torch"
+    if x.device.type == "cuda":
+        if x.dtype == torch.bfloat16 and torch.version.hip is None:
+            major, _ = torch.cuda.get_device_capability(x.device)
+            if major < 8:
+                return "torch"
+        return "triton"
+    if x.device.type == "cpu" and _env_flag("TRITON_INTERPRET"):
+        return "triton"
+    return "torch"
+
+
+def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
+    """``"torch"`` or ``"triton"``: the backend a call with these arguments would use now."""
+    if backend is not None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
+        return backend
+    if _env_flag(FORCE_TORCH_ENV):
+        return "torch"
+    choice = _auto_backend(x)
+    if choice == "triton" and (x.device.type, x.dtype) in _failed:
+        return "torch"
+    return choice
+
+
+def reset_fallbacks() -> None:
+    """Forget every recorded Triton failure and success (tests)."""
+    with _lock:
+        _failed.clear()
+        _succeeded.clear()
+
+
+_MAX_TRITON_IMAGES = 65535  # CUDA grid-dimension limit (images are on grid axis 1)
+
+
+def _run(x: torch.Tensor, backend: str | None, triton_fn, torch_fn, num_images: int):
+    choice = resolve_backend(x, backend)
+    if choice == "torch" or (backend is None and num_images > _MAX_TRITON_IMAGES):
+        return torch_fn()
+    key = (x.device.type, x.dtype)
+    if backend == "triton":
+        return triton_fn()
+    try:
+        out = triton_fn()
+    except Exception as exc:
+        with _lock:
+            if key in _succeeded:
+                raise
+            first = key not in _failed
+            _failed[key] = f"{type(exc).__name__}: {exc}"
+        if first:
+            warnings.warn(
+                f"vs_vllm.kernels: the Triton selection kernels failed on {key[0]} {key[1]} "
+                f"({type(exc).__name__}: {exc}); using the torch implementation for {key[0]} {key[1]} from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return torch_fn()
+    if key not in _succeeded:
+        with _lock:
+            _succeeded.add(key)
+    return out
+
+
+def select_tokens(
+    x: torch.Tensor,
+    cu_seqlens,
+    keep_k,
+    q_weight: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_weight: torch.Tensor,
+    k_bias: torch.Tensor,
+    grids=None,
+    backend: str | None = None,
+) -> Selection:
+    """VisionSelector hard selection of K_i tokens per image of a packed batch.
+
+    x:           [sum N_i, D] float32 / float16 / bfloat16 (rows may be strided; columns must be dense or are copied).
+    cu_seqlens:  [B + 1] cumulative token counts, a list or CPU tensor (a device tensor costs one host sync).
+    keep_k:      K_i per image (list or int64 CPU tensor, or one int for every image); 1 <= K_i <= N_i.
+    q_weight, k_weight: [H, D]; q_bias, k_bias: [H]  (the scorer's two linear maps, any float dtype).
+    grids:       optional (t, h, w) per image (list, or [B, 3] int tensor) with t*h*w == N_i.
+    Returns a ``Selection``: per image, the K_i highest-scoring rows (ties to the lowest index) in ascending order.
+    """
+    plan = make_plan(x, cu_seqlens, keep_k, grids)
+    check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
+    if plan.num_images == 0:
+        return empty_selection(x, plan)
+
+    def run_torch():
+        return select_with_scores_ref(x, plan, q_weight, q_bias, k_weight, k_bias)[0]
+
+    def run_triton():
+        from .select import select_with_scores_triton
+
+        return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias)[0]
+
+    return _run(x, backend, run_triton, run_torch, plan.num_images)
+
+
+def gather_selected(
+    x: torch.Tensor,
+    cu_seqlens,
+    indices: torch.Tensor,
+    cu_keep,
+    grids=None,
+    backend: str | None = None,
+) -> Selection:
+    """Gather kept rows given per-image local indices (the shared back end of every selection method).
+
+    indices: [sum K_i] integer tensor, image after image, each 0 <= j < N_i (range-checked only for CPU tensors).
+    cu_keep: [B + 1] cumulative K_i, a list or CPU tensor.  Rows come out in the order of ``indices``.
+    """
+    plan = make_gather_plan(x, cu_seqlens, indices, cu_keep, grids)
+    if plan.num_images == 0:
+        return empty_selection(x, plan)
+
+    def run_torch():
+        return gather_with_plan_ref(x, plan, indices)
+
+    def run_triton():
+        from .select import gather_with_plan_triton
+
+        return gather_with_plan_triton(x, plan, indices)
+
+    return _run(x, backend, run_triton, run_torch, plan.num_images)

@@ -1,0 +1,85 @@
+"""Plain-torch selection: the oracle for the Triton kernels and the production path on CPU.
+
+Built only from the shared core: ``importance_scores`` (closed-form scorer, per-image mean key) and ``select_topk``
+(exact top-K, ties to the lowest index, ascending), then ``index_select`` for the rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vs_vllm.selection.scorer import importance_scores
+from vs_vllm.selection.topk import select_topk
+
+from .common import Plan, Selection, check_scorer_weights, empty_selection, make_gather_plan, make_plan
+
+__all__ = ["gather_selected_ref", "gather_with_plan_ref", "select_tokens_ref", "select_with_scores_ref"]
+
+
+def _positions(plan: Plan, indices: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    if not plan.has_grids:
+        return None
+    keep = torch.tensor(plan.keep, dtype=torch.long, device=device)
+    if plan.grids is not None:
+        grids = torch.tensor(plan.grids, dtype=torch.long, device=device).reshape(-1, 3)
+    else:
+        grids = plan.grids_tensor.to(device=device, dtype=torch.long)
+    g = torch.repeat_interleave(grids, keep, dim=0, output_size=plan.total_keep)  # [sum K, 3]
+    h, w = g[:, 1], g[:, 2]
+    j = indices.to(torch.long)
+    return torch.stack((j // (h * w), (j // w) % h, j % w), dim=1)
+
+
+def gather_with_plan_ref(x: torch.Tensor, plan: Plan, indices: torch.Tensor) -> Selection:
+    """Rows and (t, h, w) of the kept local ``indices`` (concatenated per image) for a validated plan."""
+    dev = x.device
+    indices = indices.to(device=dev, dtype=torch.long)
+    starts = torch.tensor(plan.cu_seqlens[:-1], dtype=torch.long, device=dev)
+    keep = torch.tensor(plan.keep, dtype=torch.long, device=dev)
+    src = indices + torch.repeat_interleave(starts, keep, output_size=plan.total_keep)
+    rows = x.index_select(0, src)
+    cu_keep = torch.tensor(plan.cu_keep, dtype=torch.long, device=dev)
+    return Selection(rows, indices, _positions(plan, indices, dev), cu_keep)
+
+
+def select_with_scores_ref(
+    x: torch.Tensor,
+    plan: Plan,
+    q_weight: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_weight: torch.Tensor,
+    k_bias: torch.Tensor,
+) -> tuple[Selection, torch.Tensor]:
+    """Reference selection for a validated plan; also returns the fp32 scores [sum N]."""
+    if plan.num_images == 0:
+        return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
+    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long, device=x.device)
+    scores = importance_scores(x, q_weight, q_bias, k_weight, k_bias, cu_seqlens=cu, scope="per_image")
+    cs = plan.cu_seqlens
+    picked = [select_topk(scores[cs[i] : cs[i + 1]], k) for i, k in enumerate(plan.keep)]
+    indices = torch.cat(picked) if picked else torch.empty(0, dtype=torch.long, device=x.device)
+    return gather_with_plan_ref(x, plan, indices), scores
+
+
+def select_tokens_ref(
+    x: torch.Tensor,
+    cu_seqlens,
+    keep_k,
+    q_weight: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_weight: torch.Tensor,
+    k_bias: torch.Tensor,
+    grids=None,
+) -> Selection:
+    """VisionSelector selection in plain torch (same contract as ``vs_vllm.kernels.select_tokens``)."""
+    plan = make_plan(x, cu_seqlens, keep_k, grids)
+    check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
+    return select_with_scores_ref(x, plan, q_weight, q_bias, k_weight, k_bias)[0]
+
+
+def gather_selected_ref(x: torch.Tensor, cu_seqlens, indices: torch.Tensor, cu_keep, grids=None) -> Selection:
+    """Gather kept rows (and their (t, h, w)) given per-image local indices, in plain torch."""
+    plan = make_gather_plan(x, cu_seqlens, indices, cu_keep, grids)
+    if plan.num_images == 0:
+        return empty_selection(x, plan)
+    return gather_with_plan_ref(x, plan, indices)
