@@ -19,9 +19,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +47,58 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def scorer_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scorer with non-trivial weights for the tiny model (the 1e-4 init would score every token ~0)."""
+    import json
+
+    import torch
+
+    from vs_vllm.selection.checkpoint import save_scorer
+    from vs_vllm.selection.scorer import TransformerScorer
+
+    hidden = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]["hidden_size"]
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(4321)
+    scorer = TransformerScorer(hidden)
+    scorer.reset_parameters(init_std=0.05)
+    torch.random.set_rng_state(gen_state)
+    path = tmp_path_factory.mktemp("scorer") / "scorer.safetensors"
+    save_scorer(scorer, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def start_plugin_server(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: ``start(model_dir, scorer=..., extra_args=...)`` runs ``vs-vllm serve`` (plugin enabled, request
+    middleware on) on a free loopback port; every server it started is stopped by PID at session end."""
+    import sys
+
+    from vs_vllm.testing.server import VLLMServer, tiny_serve_args
+
+    started = []
+
+    def start(model_dir: Path, *, scorer: Path | None, extra_args=()):
+        args = [*tiny_serve_args(max_images=4), *extra_args]
+        if scorer is not None:
+            args = ["--scorer", str(scorer), *args]
+        server = VLLMServer(
+            model_dir, args, log_path=tmp_path_factory.mktemp("vs-vllm-serve") / "server.log",
+            command=[sys.executable, "-m", "vs_vllm", "serve"],
+        )
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def plugin_server(tiny_model_dir: Path, scorer_file: Path, start_plugin_server):
+    """The tiny model served by ``vs-vllm serve`` with a scorer, default ratio 1.0, prefix caching on."""
+    return start_plugin_server(tiny_model_dir, scorer=scorer_file)

@@ -24,7 +24,19 @@ _PUBLIC = {
     "save_scorer": "vs_vllm.selection.checkpoint",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = [
+    "TransformerScorer",
+    "__version__",
+    "get_method",
+    "importance_scores",
+    "keep_count",
+    "list_methods",
+    "load_scorer",
+    "save_scorer",
+    "select_topk",
+    "soft_topk",
+    "validate_ratio",
+]
 
 
 def __getattr__(name: str) -> Any:

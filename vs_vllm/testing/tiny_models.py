@@ -89,17 +89,44 @@ def build_tiny_model(
     return out
 
 
+def _resolve_sizes(overrides: Mapping[str, Any]) -> QwenVLSizes:
+    unknown = set(overrides) - set(QwenVLSizes.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown size fields {sorted(unknown)}; known: {sorted(QwenVLSizes.__dataclass_fields__)}")
+    return replace(QwenVLSizes(), **overrides)
+
+
+def _qwen2_text_config(sizes: QwenVLSizes, vocab_size: int) -> dict[str, Any]:
+    """The Qwen2 LLM part shared by every Qwen-family builder."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=sizes.text_hidden,
+        intermediate_size=sizes.text_intermediate,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_heads,
+        num_key_value_heads=sizes.text_kv_heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        initializer_range=sizes.initializer_range,
+        tie_word_embeddings=False,
+    )
+
+
+def _padded_vocab(tokenizer: Any) -> int:
+    return -(-len(tokenizer) // 64) * 64  # a multiple of 64, as real checkpoints do
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _save_tokenizer(tokenizer: Any, out: Path, processor_class: str) -> None:
+def _save_tokenizer(tokenizer: Any, out: Path, processor_class: str | None) -> None:
     tokenizer.save_pretrained(str(out))
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     # The fast tokenizer is what every loader uses; naming the Qwen2 class makes AutoTokenizer pick Qwen2Tokenizer.
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
-    cfg["processor_class"] = processor_class
+    if processor_class:
+        cfg["processor_class"] = processor_class
     _write_json(cfg_path, cfg)
     template = tokenizer.chat_template
     (out / "chat_template.jinja").write_text(template, encoding="utf-8")
@@ -113,10 +140,7 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
 
     from vs_vllm.testing.tokenizer import build_bpe_tokenizer
 
-    unknown = set(overrides) - set(QwenVLSizes.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown size fields {sorted(unknown)}; known: {sorted(QwenVLSizes.__dataclass_fields__)}")
-    sizes = replace(QwenVLSizes(), **overrides)
+    sizes = _resolve_sizes(overrides)
     head_dim = sizes.text_hidden // sizes.text_heads
     if sum(sizes.mrope_section) * 2 != head_dim:
         raise ValueError(f"mrope_section {sizes.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
@@ -124,23 +148,13 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
     tokenizer = build_bpe_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens + [
         "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>"]}
-    vocab_size = -(-len(tokenizer) // 64) * 64  # pad to a multiple of 64, as real checkpoints do
-
     text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=sizes.text_hidden,
-        intermediate_size=sizes.text_intermediate,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_heads,
-        num_key_value_heads=sizes.text_kv_heads,
-        max_position_embeddings=sizes.max_position_embeddings,
+        _qwen2_text_config(sizes, _padded_vocab(tokenizer)),
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(sizes.mrope_section)},
         use_sliding_window=False,
-        initializer_range=sizes.initializer_range,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
     )
     vision_config = dict(
         depth=sizes.vision_depth,
@@ -204,6 +218,36 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
         },
     )
     _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2_5_vl", "seed": seed, "sizes": _jsonable(asdict(sizes))})
+
+
+@_register("qwen2")
+def _build_qwen2(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    """A text-only Qwen2 LLM with the same tokenizer: an architecture vs-vllm does not prune (tests that an enabled
+    plugin leaves it alone)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from vs_vllm.testing.tokenizer import build_bpe_tokenizer
+
+    sizes = _resolve_sizes(overrides)
+    tokenizer = build_bpe_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        **_qwen2_text_config(sizes, _padded_vocab(tokenizer)),
+        bos_token_id=pad,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(torch.float32).eval()
+    model.generation_config.eos_token_id = [eos, pad]
+    model.generation_config.pad_token_id = pad
+    model.generation_config.do_sample = False
+    model.save_pretrained(str(out), safe_serialization=True)
+    _save_tokenizer(tokenizer, out, processor_class=None)
+    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2", "seed": seed, "sizes": _jsonable(asdict(sizes))})
 
 
 def _jsonable(obj: Any) -> Any:

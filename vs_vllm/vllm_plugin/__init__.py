@@ -16,14 +16,35 @@ _registered = False
 
 
 def register() -> None:
-    """Entry point for ``vllm.general_plugins``."""
+    """Entry point for ``vllm.general_plugins``.
+
+    Installed but not enabled, the plugin changes nothing: vLLM serves exactly as stock vLLM. Enabled
+    (``VS_VLLM_ENABLE=1``, which ``vs-vllm serve`` sets and child processes inherit), it checks the vLLM version,
+    replaces the supported architectures' model classes (and with them their multimodal processors), lets the
+    per-request visual-token counts reach the HTTP layer, and on the CPU platform backports the GPU runner's pruning
+    flag to the CPU runner (see compat.py for each).
+    """
     global _registered
     if _registered:
         return
     _registered = True
     from vs_vllm import __version__
+    from vs_vllm.vllm_plugin.options import is_enabled
 
-    logger.info("vs-vllm %s plugin loaded (pid %d)", __version__, os.getpid())
+    if not is_enabled():
+        logger.info("vs-vllm %s plugin loaded (pid %d); not enabled (set VS_VLLM_ENABLE=1)", __version__, os.getpid())
+        return
+    from vs_vllm.vllm_plugin import compat
+
+    version = compat.check_vllm_version()
+    compat.register_model_override()
+    compat.propagate_context_to_renderer_when_imported()
+    if compat.is_cpu_platform():
+        compat.patch_cpu_runner_when_imported()
+    logger.info(
+        "vs-vllm %s plugin loaded (pid %d); visual-token selection enabled for %s on vLLM %s",
+        __version__, os.getpid(), ", ".join(compat.MODEL_OVERRIDES), version,
+    )
 
 
 def is_registered() -> bool:

@@ -1,0 +1,193 @@
+"""``vs-vllm serve``: the vllm command and environment it builds, passthrough, validation, help (nothing is exec'd)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from vs_vllm import cli
+from vs_vllm.vllm_plugin import serve
+from vs_vllm.vllm_plugin.serve import MIDDLEWARE, ServeError, build_serve_command
+
+OURS = ["--trust-request-mm-kwargs", "--middleware", MIDDLEWARE]
+
+
+def after_serve(cmd: list[str]) -> list[str]:
+    return cmd[cmd.index("serve") + 1 :]
+
+
+@pytest.fixture(autouse=True)
+def _no_exec(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Never replace the test process; record what would have been exec'd."""
+    calls: list[tuple] = []
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: calls.append((file, list(args), dict(env))))
+    for name in ("VS_VLLM_ENABLE", "VS_VLLM_RETENTION_RATIO", "VS_VLLM_SELECTION_METHOD", "VS_VLLM_SCORER"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_command_env_and_passthrough_order() -> None:
+    argv = ["M", "--retention-ratio", "0.3", "--max-model-len", "2048", "-tp", "2", "--selection-method=uniform"]
+    argv += ["--hf-overrides", '{"a": 1}', "--enforce-eager"]
+    cmd, env = build_serve_command(argv, environ={"FOO": "bar"})
+    assert after_serve(cmd) == [
+        "M",
+        *["--max-model-len", "2048", "-tp", "2", "--hf-overrides", '{"a": 1}', "--enforce-eager"],
+        *OURS,
+    ]
+    assert env == {
+        "FOO": "bar",
+        "VS_VLLM_ENABLE": "1",
+        "VS_VLLM_RETENTION_RATIO": "0.3",
+        "VS_VLLM_SELECTION_METHOD": "uniform",
+    }
+
+
+def test_program_is_this_environments_vllm() -> None:
+    cmd, _ = build_serve_command(["M"], environ={})
+    script = Path(sys.executable).parent / "vllm"
+    if script.is_file():
+        assert cmd[:2] == [str(script), "serve"]
+    else:
+        assert cmd[:4] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+    assert after_serve(cmd) == ["M", *OURS]
+
+
+def test_defaults_leave_ratio_and_method_to_the_environment() -> None:
+    _, env = build_serve_command(["M"], environ={"VS_VLLM_RETENTION_RATIO": "0.5"})
+    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_RETENTION_RATIO": "0.5"}
+    _, env = build_serve_command(["M", "--retention-ratio", "1"], environ={"VS_VLLM_RETENTION_RATIO": "0.5"})
+    assert env["VS_VLLM_RETENTION_RATIO"] == "1.0"
+
+
+@pytest.mark.parametrize(
+    ("user", "expected_tail"),
+    [
+        (["--trust-request-mm-kwargs"], ["--trust-request-mm-kwargs", "--middleware", MIDDLEWARE]),
+        (["--trust_request_mm_kwargs"], ["--trust_request_mm_kwargs", "--middleware", MIDDLEWARE]),
+        (["--middleware", MIDDLEWARE], ["--middleware", MIDDLEWARE, "--trust-request-mm-kwargs"]),
+        ([f"--middleware={MIDDLEWARE}"], [f"--middleware={MIDDLEWARE}", "--trust-request-mm-kwargs"]),
+        (["--middleware", "other.Mw"], ["--middleware", "other.Mw", *OURS]),
+        (["--no-trust-request-mm-kwargs"], ["--no-trust-request-mm-kwargs", "--middleware", MIDDLEWARE]),
+    ],
+)
+def test_flags_are_not_duplicated(user: list[str], expected_tail: list[str]) -> None:
+    cmd, _ = build_serve_command(["M", *user], environ={})
+    assert after_serve(cmd) == ["M", *expected_tail]
+
+
+def test_scorer_becomes_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "s.safetensors").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    cmd, env = build_serve_command(["--scorer", "s.safetensors", "M"], environ={})
+    assert env["VS_VLLM_SCORER"] == str(tmp_path.resolve() / "s.safetensors")
+    assert after_serve(cmd) == ["M", *OURS]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "needle"),
+    [
+        (["M", "--retention-ratio", "0"], {}, "--retention-ratio"),
+        (["M", "--retention-ratio", "1.5"], {}, "--retention-ratio"),
+        (["M", "--retention-ratio", "nan"], {}, "--retention-ratio"),
+        (["M", "--retention-ratio", "abc"], {}, "--retention-ratio"),
+        (["M", "--selection-method", "nope"], {}, "--selection-method"),
+        (["M", "--scorer", "/no/such/scorer.safetensors"], {}, "--scorer"),
+        (["M"], {"VS_VLLM_RETENTION_RATIO": "2"}, "VS_VLLM_RETENTION_RATIO"),
+        (["M"], {"VS_VLLM_SELECTION_METHOD": "nope"}, "VS_VLLM_SELECTION_METHOD"),
+        (["M"], {"VS_VLLM_SCORER": "/no/such/file"}, "VS_VLLM_SCORER"),
+    ],
+)
+def test_bad_values_raise_naming_the_option(argv: list[str], environ: dict, needle: str) -> None:
+    with pytest.raises(ServeError, match=needle):
+        build_serve_command(argv, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--retention-ratio", "0", "M"], "--retention-ratio"),
+        (["M", "--retention-ratio", "-0.1", "--max-model-len", "2048"], "--retention-ratio"),
+        (["M", "--selection-method", "nope"], "--selection-method"),
+        (["M", "--scorer", "missing.safetensors"], "--scorer"),
+        ([], "MODEL"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], _no_exec: list
+) -> None:
+    assert cli.main(["serve", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("vs-vllm serve: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert needle in err
+    assert _no_exec == []
+
+
+def test_cli_execs_vllm_with_passthrough(_no_exec: list) -> None:
+    cli.main(["serve", "M", "--retention-ratio", "0.3", "--max-model-len", "2048", "--scorer", __file__, "-tp", "2"])
+    [(file, args, env)] = _no_exec
+    assert file == args[0]
+    assert after_serve(args) == ["M", "--max-model-len", "2048", "-tp", "2", *OURS]
+    assert env["VS_VLLM_ENABLE"] == "1" and env["VS_VLLM_RETENTION_RATIO"] == "0.3"
+    assert env["VS_VLLM_SCORER"] == str(Path(__file__).resolve())
+    assert env["PATH"] == os.environ["PATH"]  # the rest of the environment is inherited
+
+
+def test_cli_options_before_model_are_ours(_no_exec: list) -> None:
+    cli.main(["serve", "--selection-method", "random", "M", "--max-model-len", "64"])
+    [(_, args, env)] = _no_exec
+    assert after_serve(args) == ["M", "--max-model-len", "64", *OURS]
+    assert env["VS_VLLM_SELECTION_METHOD"] == "random"
+
+
+def test_print_command(capsys: pytest.CaptureFixture[str], _no_exec: list) -> None:
+    assert cli.main(["serve", "M", "--retention-ratio", "0.3", "--print-command", "--max-model-len", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert _no_exec == []
+    script = Path(sys.executable).parent / "vllm"
+    program = "vllm" if script.is_file() else "python -m vllm.entrypoints.cli.main"
+    assert out == (
+        f"VS_VLLM_ENABLE=1 VS_VLLM_RETENTION_RATIO=0.3 {program} serve M --max-model-len 2048 "
+        f"--trust-request-mm-kwargs --middleware {MIDDLEWARE}\n"
+    )
+
+
+def test_print_command_quotes_for_the_shell(tmp_path: Path) -> None:
+    scorer = tmp_path / "my scorer.safetensors"
+    scorer.write_bytes(b"x")
+    cmd, env = build_serve_command(["M", "--scorer", str(scorer), "--hf-overrides", '{"a": 1}'], environ={"X": "y"})
+    line = serve.format_command(cmd, env)
+    assert f"VS_VLLM_SCORER='{scorer.resolve()}'" in line
+    assert """--hf-overrides '{"a": 1}'""" in line
+    assert "X=y" not in line
+
+
+def test_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for needle in (
+        "--retention-ratio",
+        "--selection-method",
+        "--scorer",
+        "--print-command",
+        "retention_ratio",
+        "selection_seed",
+        "mm_processor_kwargs",
+        "curl",
+        "extra_body",
+        "usage.visual_tokens",
+    ):
+        assert needle in out, needle
+
+
+def test_top_level_help_lists_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "serve" in capsys.readouterr().out

@@ -1,0 +1,76 @@
+"""The private-API layer: version gate, per-instance pruning switch, CPU-runner backport, enabling semantics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vs_vllm.testing.server import cpu_env
+
+
+def _run(code: str, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cpu_env(**env),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_version_gate() -> None:
+    from vs_vllm.vllm_plugin.compat import UnsupportedVLLMVersion, check_vllm_version
+
+    for ok in ("0.32.0", "0.32.0+cpu", "0.32.7"):
+        assert check_vllm_version(ok) == ok
+    for bad in ("0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(UnsupportedVLLMVersion) as info:
+            check_vllm_version(bad)
+        message = str(info.value)
+        assert bad in message and "0.32" in message and "VS_VLLM_ENABLE" in message
+
+
+def test_post_import_hook_runs_once_after_the_module_executes(tmp_path, monkeypatch) -> None:
+    from vs_vllm.vllm_plugin.compat import run_after_import
+
+    (tmp_path / "vs_hook_probe.py").write_text("VALUE = 41\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    run_after_import("vs_hook_probe", lambda m: seen.append(m.VALUE + 1))
+    run_after_import("vs_hook_probe", lambda m: seen.append(-1))  # a second registration for the same module: no-op
+    assert seen == []
+    import vs_hook_probe  # noqa: F401
+
+    assert seen == [42]
+    run_after_import("vs_hook_probe", lambda m: seen.append(m.VALUE))  # already imported: runs at once
+    assert seen == [42, 41]
+    sys.modules.pop("vs_hook_probe", None)
+
+
+@pytest.mark.slow
+def test_enabling_is_explicit_and_scoped() -> None:
+    code = r"""
+import json
+from vllm import ModelRegistry
+from vllm.config.multimodal import MultiModalConfig
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+cls = ModelRegistry._try_load_model_cls("Qwen2_5_VLForConditionalGeneration")
+out = {"model": f"{cls.__module__}.{cls.__name__}"}
+from vllm.v1.worker import cpu_model_runner
+out["cpu_runner_patched"] = getattr(cpu_model_runner.CPUModelRunner.load_model, "__vs_vllm_patched__", False)
+from vs_vllm.vllm_plugin import compat
+class Cfg: pass
+cfg = Cfg(); cfg.multimodal_config = MultiModalConfig()
+compat.enable_pruning_for(cfg)
+out["instance"] = cfg.multimodal_config.is_multimodal_pruning_enabled()
+out["class"] = MultiModalConfig().is_multimodal_pruning_enabled()
+print(json.dumps(out))
+"""
+    stock = _run(code)
+    assert stock["model"] == "vllm.model_executor.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"
+    assert stock["cpu_runner_patched"] is False
+    enabled = _run(code, VS_VLLM_ENABLE="1")
+    assert enabled["model"] == "vs_vllm.vllm_plugin.models.qwen2_5_vl.VsQwen2_5_VLForConditionalGeneration"
+    assert enabled["cpu_runner_patched"] is True
+    assert enabled["instance"] is True and enabled["class"] is False

@@ -1,0 +1,131 @@
+"""Per-request selection options: their names, defaults and validation — shared by the HTTP layer and the processor.
+
+A request chooses ``retention_ratio`` (0 < r <= 1), ``selection_method`` (a registered method) and optionally
+``selection_seed`` (for ``random``). They travel to vLLM's multimodal processor inside ``mm_processor_kwargs``, which
+vLLM hashes into every multimodal cache key, so different ratios never share cache entries. Server-wide defaults come
+from the environment that ``vs-vllm serve`` sets (and plain ``vllm serve`` users can set themselves):
+
+    VS_VLLM_ENABLE=1                   turn the plugin on (installed but not enabled = stock vLLM)
+    VS_VLLM_RETENTION_RATIO=0.3        default ratio (1.0 = keep everything)
+    VS_VLLM_SELECTION_METHOD=uniform   default method
+    VS_VLLM_SCORER=/path/scorer.safetensors   scorer weights (else the checkpoint's visual.importance_scorer.*)
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vs_vllm.selection.budget import validate_ratio
+
+__all__ = [
+    "ENV_ENABLE",
+    "ENV_METHOD",
+    "ENV_RATIO",
+    "ENV_SCORER",
+    "OPTION_NAMES",
+    "OptionError",
+    "SelectionOptions",
+    "default_options",
+    "is_enabled",
+    "parse_options",
+    "split_options",
+]
+
+ENV_ENABLE = "VS_VLLM_ENABLE"
+ENV_RATIO = "VS_VLLM_RETENTION_RATIO"
+ENV_METHOD = "VS_VLLM_SELECTION_METHOD"
+ENV_SCORER = "VS_VLLM_SCORER"
+
+RATIO = "retention_ratio"
+METHOD = "selection_method"
+SEED = "selection_seed"
+OPTION_NAMES = (RATIO, METHOD, SEED)
+
+
+class OptionError(ValueError):
+    """A bad per-request option; ``param`` names the field (for OpenAI-style 400 bodies)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    retention_ratio: float = 1.0
+    selection_method: str = "visionselector"
+    selection_seed: int | None = None
+
+    def as_kwargs(self) -> dict[str, object]:
+        out: dict[str, object] = {RATIO: self.retention_ratio, METHOD: self.selection_method}
+        if self.selection_seed is not None:
+            out[SEED] = self.selection_seed
+        return out
+
+
+def is_enabled(env: Mapping[str, str] | None = None) -> bool:
+    value = (os.environ if env is None else env).get(ENV_ENABLE, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _validate_method(value: object) -> str:
+    from vs_vllm.selection.methods import get_method
+
+    if not isinstance(value, str):
+        raise OptionError(METHOD, f"{METHOD} must be a string, got {value!r} ({type(value).__name__})")
+    try:
+        get_method(value)
+    except ValueError as exc:
+        raise OptionError(METHOD, f"{METHOD}: {exc}") from None
+    return value
+
+
+def _validate_seed(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < 2**63:
+        raise OptionError(SEED, f"{SEED} must be an integer in [0, 2**63), got {value!r}")
+    return int(value)
+
+
+def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
+    """Server-wide defaults from the environment; a bad value raises ValueError naming the variable."""
+    env = os.environ if env is None else env
+    ratio_text = env.get(ENV_RATIO)
+    method = env.get(ENV_METHOD) or SelectionOptions.selection_method
+    try:
+        ratio = validate_ratio(float(ratio_text), name=ENV_RATIO) if ratio_text else 1.0
+    except ValueError as exc:
+        raise ValueError(f"{ENV_RATIO}={ratio_text!r}: {exc}") from None
+    try:
+        method = _validate_method(method)
+    except OptionError as exc:
+        raise ValueError(f"{ENV_METHOD}={method!r}: {exc}") from None
+    return SelectionOptions(retention_ratio=ratio, selection_method=method)
+
+
+def parse_options(values: Mapping[str, object], defaults: SelectionOptions | None = None) -> SelectionOptions:
+    """Validate the selection options in ``values`` (other keys are ignored) over ``defaults``.
+
+    Raises :class:`OptionError` (a ValueError) naming the offending field.
+    """
+    base = defaults or SelectionOptions()
+    ratio = base.retention_ratio
+    if RATIO in values:
+        try:
+            ratio = validate_ratio(values[RATIO], name=RATIO)
+        except ValueError as exc:
+            raise OptionError(RATIO, str(exc)) from None
+    method = _validate_method(values[METHOD]) if METHOD in values else base.selection_method
+    seed = _validate_seed(values[SEED]) if SEED in values else base.selection_seed
+    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_seed=seed)
+
+
+def split_options(kwargs: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """(selection options, everything else) — the rest goes on to the HF processor untouched."""
+    ours = {k: v for k, v in kwargs.items() if k in OPTION_NAMES}
+    rest = {k: v for k, v in kwargs.items() if k not in OPTION_NAMES}
+    return ours, rest

@@ -1,0 +1,57 @@
+"""Per-request visual-token counts, from the processor (which knows K_i and N_i) to the HTTP layer (which answers).
+
+The HTTP middleware opens a :func:`collecting` scope around each request; the multimodal processor, running inside
+that request's context in the same API-server process, calls :func:`record_visual_tokens` once per image. Outside a
+scope (offline ``LLM``, the start-up warm-up and profiling) nothing is recorded, so /metrics counts client requests
+only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["VisualTokenStats", "collecting", "current_stats", "record_visual_tokens"]
+
+
+@dataclass
+class VisualTokenStats:
+    kept: int = 0
+    total: int = 0
+    images: int = 0
+    per_image: list[tuple[int, int]] = field(default_factory=list)
+
+
+_CURRENT: contextvars.ContextVar[VisualTokenStats | None] = contextvars.ContextVar("vs_vllm_stats", default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[VisualTokenStats]:
+    stats = VisualTokenStats()
+    token = _CURRENT.set(stats)
+    try:
+        yield stats
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_stats() -> VisualTokenStats | None:
+    return _CURRENT.get()
+
+
+def record_visual_tokens(kept: int, total: int) -> None:
+    """Called by the processor for each image it sizes: ``kept`` placeholders out of ``total`` visual tokens."""
+    stats = _CURRENT.get()
+    if stats is None:
+        return
+    stats.kept += kept
+    stats.total += total
+    stats.images += 1
+    stats.per_image.append((kept, total))
+    try:
+        from vs_vllm.vllm_plugin.metrics import observe_visual_tokens
+    except ImportError:  # metrics are optional (prometheus_client ships with vLLM)
+        return
+    observe_visual_tokens(kept, total)

@@ -1,0 +1,201 @@
+"""``vs-vllm serve``: vLLM's own OpenAI server with the plugin enabled and the per-request middleware installed.
+
+``vs-vllm serve MODEL [--retention-ratio R] [--selection-method M] [--scorer PATH] [vllm serve args...]`` validates
+its own options, then replaces itself (``exec``) with::
+
+    VS_VLLM_ENABLE=1 [VS_VLLM_RETENTION_RATIO=R] [VS_VLLM_SELECTION_METHOD=M] [VS_VLLM_SCORER=/abs/PATH] \\
+        vllm serve MODEL [vllm serve args...] --trust-request-mm-kwargs \\
+        --middleware vs_vllm.vllm_plugin.middleware.RetentionMiddleware
+
+Every argument it does not know goes to ``vllm serve`` verbatim and in order. ``--print-command`` prints that plain
+command instead of running it. Nothing here imports vLLM or torch unless a selection method must be validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vs_vllm.vllm_plugin.options import ENV_ENABLE, ENV_METHOD, ENV_RATIO, ENV_SCORER
+
+__all__ = ["MIDDLEWARE", "ServeError", "build_parser", "build_serve_command", "format_command", "main"]
+
+MIDDLEWARE = "vs_vllm.vllm_plugin.middleware.RetentionMiddleware"
+TRUST_FLAG = "--trust-request-mm-kwargs"
+_NO_TRUST_FLAG = "--no-trust-request-mm-kwargs"
+_MIDDLEWARE_FLAG = "--middleware"
+_OUR_ENV = (ENV_ENABLE, ENV_RATIO, ENV_METHOD, ENV_SCORER)
+
+
+class ServeError(ValueError):
+    """A bad ``vs-vllm serve`` argument (reported in one line, exit status 2)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``vs-vllm serve`` itself understands (values are validated by :func:`build_serve_command`)."""
+    p.add_argument("model", help="model name or local directory, passed to `vllm serve` as its MODEL argument")
+    p.add_argument(
+        "--retention-ratio",
+        metavar="R",
+        help="server-wide default fraction of visual tokens kept per image, 0 < R <= 1 "
+        "(sets VS_VLLM_RETENTION_RATIO; default 1.0 = unpruned unless already set in the environment)",
+    )
+    p.add_argument(
+        "--selection-method",
+        metavar="M",
+        help="server-wide default selection method, e.g. visionselector (needs scorer weights), uniform, random "
+        "(sets VS_VLLM_SELECTION_METHOD; default visionselector)",
+    )
+    p.add_argument(
+        "--scorer",
+        metavar="PATH",
+        help="scorer weights (a file from `vs-vllm convert`), used instead of the checkpoint's "
+        "visual.importance_scorer.* (sets VS_VLLM_SCORER to the absolute path)",
+    )
+    p.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the equivalent plain `vllm serve` command line (with its environment variables) and exit",
+    )
+
+
+def build_parser(prog: str = "vs-vllm serve") -> argparse.ArgumentParser:
+    # allow_abbrev=False: a vLLM option must never be taken for an abbreviation of one of ours.
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p
+
+
+def _flag_name(arg: str) -> str:
+    """``--Some_flag=value`` -> ``--some-flag`` (vLLM accepts underscores in option names)."""
+    return arg.split("=", 1)[0].replace("_", "-") if arg.startswith("--") else arg
+
+
+def _has_our_middleware(args: Sequence[str]) -> bool:
+    for i, arg in enumerate(args):
+        if _flag_name(arg) != _MIDDLEWARE_FLAG:
+            continue
+        value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+        if value == MIDDLEWARE:
+            return True
+    return False
+
+
+def _vllm_program() -> list[str]:
+    """The ``vllm`` console script beside this interpreter, else ``python -m vllm.entrypoints.cli.main``."""
+    script = Path(sys.executable).parent / "vllm"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+
+
+def _plan(
+    argv: Sequence[str], environ: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str], argparse.Namespace]:
+    args, passthrough = build_parser().parse_known_args(list(argv))
+    env = dict(os.environ if environ is None else environ)
+    env[ENV_ENABLE] = "1"
+
+    if args.retention_ratio is not None:
+        from vs_vllm.selection.budget import validate_ratio
+
+        try:
+            value = float(args.retention_ratio)
+        except ValueError:
+            raise ServeError(f"--retention-ratio {args.retention_ratio}: not a number") from None
+        try:
+            ratio = validate_ratio(value, name="retention ratio")
+        except ValueError as exc:
+            raise ServeError(f"--retention-ratio {args.retention_ratio}: {exc}") from None
+        env[ENV_RATIO] = repr(ratio)
+    if args.selection_method is not None:
+        from vs_vllm.vllm_plugin.options import OptionError, parse_options
+
+        try:
+            parse_options({"selection_method": args.selection_method})
+        except OptionError as exc:
+            raise ServeError(f"--selection-method {args.selection_method}: {exc}") from None
+        env[ENV_METHOD] = args.selection_method
+    if args.scorer is not None:
+        scorer = Path(args.scorer).expanduser()
+        if not scorer.is_file():
+            raise ServeError(f"--scorer {args.scorer}: no such file")
+        env[ENV_SCORER] = str(scorer.resolve())
+    elif env.get(ENV_SCORER) and not Path(env[ENV_SCORER]).is_file():
+        raise ServeError(f"{ENV_SCORER}={env[ENV_SCORER]} (from the environment): no such file")
+
+    # Inherited VS_VLLM_* values are what vLLM's processes will read: fail here, not in a worker.
+    from vs_vllm.vllm_plugin.options import default_options
+
+    try:
+        default_options(env)
+    except ValueError as exc:
+        raise ServeError(f"{exc} (from the environment)") from None
+
+    cmd = [*_vllm_program(), "serve", args.model, *passthrough]
+    flags = {_flag_name(a) for a in passthrough}
+    if TRUST_FLAG not in flags and _NO_TRUST_FLAG not in flags:
+        cmd.append(TRUST_FLAG)
+    if not _has_our_middleware(passthrough):
+        cmd += [_MIDDLEWARE_FLAG, MIDDLEWARE]
+    return cmd, env, args
+
+
+def build_serve_command(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """``(command, environment)`` for exec'ing ``vllm serve`` from ``vs-vllm serve`` arguments.
+
+    Unknown arguments go to ``vllm serve`` verbatim and in order. MODEL should come first or right after our own
+    options (a passthrough option's value could otherwise be taken for it). The environment is ``environ`` (default
+    ``os.environ``) plus the plugin's variables. Raises :class:`ServeError` for a bad ratio, an unknown method, a
+    missing scorer file, or bad VS_VLLM_* values inherited from ``environ``.
+    """
+    cmd, env, _ = _plan(argv, environ)
+    return cmd, env
+
+
+def format_command(cmd: Sequence[str], env: Mapping[str, str]) -> str:
+    """A copy-pasteable shell line: the plugin's variables, then ``vllm serve ...``."""
+    assigns = [f"{k}={shlex.quote(env[k])}" for k in _OUR_ENV if env.get(k)]
+    program = list(cmd)
+    if Path(program[0]).name == "vllm":
+        program[0] = "vllm"
+    elif program[1:3] == ["-m", "vllm.entrypoints.cli.main"]:
+        program[0] = "python"
+    return " ".join([*assigns, shlex.join(program)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``vllm serve`` in place of this process (returns only on an error or with ``--print-command``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cmd, env, args = _plan(argv, None)
+    except ServeError as exc:
+        print(f"vs-vllm serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_command:
+        print(format_command(cmd, env))
+        return 0
+    if _NO_TRUST_FLAG in {_flag_name(a) for a in cmd}:
+        print(
+            f"vs-vllm serve: warning: {_NO_TRUST_FLAG} given: requests that set retention_ratio, selection_method "
+            "or selection_seed will be refused by vLLM; only the server-wide defaults apply",
+            file=sys.stderr,
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as exc:
+        print(f"vs-vllm serve: error: cannot run {cmd[0]}: {exc}", file=sys.stderr)
+        return 2
+    return 0  # pragma: no cover - execvpe does not return
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
