@@ -35,3 +35,16 @@ lint: setup
 
 clean:
 	rm -rf .cache build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
+
+# Prefill benchmark through vLLM's OpenAI server: stock vLLM vs vs-vllm across retention ratios, image sizes and
+# concurrency (benchmarks/prefill/). Needs a quiet machine: results go to benchmarks/results/prefill_cpu.*.
+.PHONY: bench-prefill bench-prefill-quick
+BENCH_ARGS ?=
+
+bench-prefill: setup
+	@$(VPY) -m vs_vllm bench prefill $(BENCH_ARGS)
+
+# < 5 min smoke run of the same sweep (one image size, 3 ratios, concurrency 1 and 4); results go to
+# .cache/bench-prefill-quick/ unless BENCH_ARGS sets --out-dir.
+bench-prefill-quick: setup
+	@$(VPY) -m vs_vllm bench prefill --quick $(BENCH_ARGS)

@@ -180,15 +180,191 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+_TRAIN_EPILOG = """\
+data: a JSON list or JSON Lines of LLaVA-style records
+  {"image": "img/1.jpg", "conversations": [{"from": "human", "value": "<image>\\nWhat is shown?"},
+                                           {"from": "gpt", "value": "A cat."}]}
+("images": [...] for several; "messages" with role/content is accepted too). Relative image paths resolve against
+--image-root (default: the data file's directory). Only the answers (and their <|im_end|>) are trained on.
+
+loss: CE(answers | frozen model sees p * visual tokens) + lambda_t * BCE(p, hard top-K), lambda_t ramping linearly
+from --lambda-start to --lambda-end over the run. Only the scorer trains; the model is frozen.
+
+examples:
+  vs-vllm train --model Qwen/Qwen2.5-VL-7B-Instruct --data cambrian_subset.jsonl --image-root /data/images \\
+      --output-dir runs/vs7b --batch-size 16 --grad-accum 4 --precision bf16 --max-pixels 50176 --save-every 50
+  accelerate launch --num_processes 8 -m vs_vllm train ...       # data parallel (torchrun -m vs_vllm works too)
+  vs-vllm train ... --resume runs/vs7b                            # continue from the latest checkpoint-<step>/
+  vs-vllm serve Qwen/Qwen2.5-VL-7B-Instruct --scorer runs/vs7b/scorer.safetensors --retention-ratio 0.2
+"""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the VisionSelector scorer on a frozen Qwen2.5-VL (transformers + accelerate)",
+        description=(
+            "Train the learnable importance scorer (two D x D/2 projections) with a differentiable top-K at a fixed\n"
+            "retention ratio, on a frozen Qwen2.5-VL. Writes OUTPUT_DIR/scorer.safetensors (for `vs-vllm serve\n"
+            "--scorer`), train_log.jsonl (metrics per step) and, with --save-every, resumable checkpoint-<step>/."
+        ),
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--model", required=True, metavar="DIR", help="Qwen2.5-VL checkpoint (directory or hub id)")
+    g.add_argument("--data", required=True, metavar="FILE", help="training data, .json or .jsonl")
+    g.add_argument("--image-root", metavar="DIR", help="base directory of relative image paths (default: the data "
+                   "file's directory)")
+    g.add_argument("--output-dir", required=True, metavar="DIR", help="where the scorer, logs and checkpoints go")
+    g.add_argument("--init-scorer", metavar="PATH", help="start from these scorer weights instead of the near-zero init")
+    g.add_argument("--resume", metavar="DIR", help="continue from a checkpoint-<step>/ directory, or from an output "
+                   "directory's latest checkpoint")
+    g = p.add_argument_group("objective")
+    g.add_argument("--ratio", type=float, default=0.2, help="training retention ratio, 0 < r < 1 (default: %(default)s)")
+    g.add_argument("--lambda-start", type=float, default=0.1, help="BCE weight at step 0 (default: %(default)s)")
+    g.add_argument("--lambda-end", type=float, default=2.0, help="BCE weight at the last step (default: %(default)s)")
+    g.add_argument("--topk-scope", choices=["sample", "pooled"], default="sample",
+                   help="top-K (and mean key) per sample, or pooled over the micro-batch as the original does "
+                   "(default: %(default)s)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: %(default)s)")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: %(default)s)")
+    length.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=1, help="micro-batch size per device (default: %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
+    g.add_argument("--warmup-ratio", type=float, default=0.03, help="linear warm-up share of the steps, then cosine "
+                   "decay (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, <= 0 disables "
+                   "(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=42, help="scorer init and data order (default: %(default)s)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="dtype of the frozen model; the scorer, soft top-K and losses are always fp32 "
+                   "(default: %(default)s = bf16 on CUDA, fp32 otherwise)")
+    g.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="write a resumable checkpoint every N steps (default: 0 = final scorer only)")
+    g.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: %(default)s)")
+    g.add_argument("--min-pixels", type=int, help="override the processor's minimum image pixels")
+    g.add_argument("--max-pixels", type=int, help="override the processor's maximum image pixels (the reference "
+                   "trains with 50176, i.e. <= 64 tokens per image)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute the frozen LLM's activations "
+                   "in the backward pass (less memory, slower)")
+    g.add_argument("--attn-implementation", metavar="NAME", help="transformers attention backend (sdpa, "
+                   "flash_attention_2, eager; default: transformers' choice)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to train_log.jsonl)")
+
+    def run(args: argparse.Namespace) -> int:
+        from vs_vllm.training.trainer import ScorerTrainer, TrainConfig
+
+        config = TrainConfig(
+            model=args.model, data=args.data, output_dir=args.output_dir, image_root=args.image_root,
+            ratio=args.ratio, lambda_start=args.lambda_start, lambda_end=args.lambda_end, lr=args.lr,
+            epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+            topk_scope=args.topk_scope, precision=args.precision, save_every=args.save_every, resume=args.resume,
+            seed=args.seed, init_scorer=args.init_scorer, num_workers=args.num_workers, min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels, gradient_checkpointing=args.gradient_checkpointing,
+            attn_implementation=args.attn_implementation, progress=not args.no_progress,
+        )
+        trainer = ScorerTrainer(config)
+        path = trainer.train()
+        if trainer.accelerator.is_main_process:
+            s = trainer.summary
+            print(f"trained {s['steps']} step(s) in {s['seconds']:.1f} s ({s['steps_per_second']:.2f} steps/s)",
+                  file=sys.stderr)
+            print(path)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="accuracy of a running OpenAI-compatible server over retention ratios x selection methods",
+        description=(
+            "Send every sample of --data (JSONL: image + question + answer(s), or LLaVA conversations) to a running "
+            "OpenAI-compatible server (e.g. `vs-vllm serve`) at every --ratios x --methods combination, as the "
+            "per-request retention_ratio / selection_method fields, with greedy decoding; score exact match "
+            "(normalised), yes/no accuracy and ANLS; write {NAME}_accuracy.csv/.md/.png and {NAME}_predictions.jsonl "
+            "to --out-dir. Scores are also given relative to ratio 1.0 (requested once, shared by every method)."
+        ),
+    )
+    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000 (a trailing /v1 is fine)")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY, else none)")
+    p.add_argument("--data", required=True, help="JSONL file of samples")
+    p.add_argument("--image-root", default=None, help="directory for relative image paths (default: the JSONL's)")
+    p.add_argument("--ratios", default="1.0,0.5,0.3,0.2,0.1", help="comma-separated ratios (default: %(default)s)")
+    p.add_argument("--methods", default="visionselector,random",
+                   help="comma-separated selection methods (default: %(default)s)")
+    p.add_argument("--metric", choices=["em", "anls", "yesno"], default="em",
+                   help="score used for the table, the plot and the relative numbers (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples only")
+    p.add_argument("--max-tokens", type=int, default=16, help="generation limit per answer (default: %(default)s)")
+    p.add_argument("--prompt-suffix", default="", help="text appended to every question on a new line")
+    p.add_argument("--seed", type=int, default=None, help="selection_seed sent with every request (random method)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds (default: %(default)s)")
+    p.add_argument("--out-dir", default="eval-results", help="output directory (default: %(default)s)")
+    p.add_argument("--name", default="eval", help="output file prefix (default: %(default)s)")
+    p.add_argument("--title", default=None, help="title of the markdown and the plot")
+    p.add_argument("--no-baseline", action="store_true", help="do not add ratio 1.0 when --ratios lacks it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from vs_vllm.evaluation.cli import run_eval
+
+        return run_eval(args)
+
+    p.set_defaults(handler=run)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (prefill: TTFT and throughput of stock vLLM vs the plugin across retention ratios)",
+        description="Benchmarks of vs-vllm.",
+    )
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    bench_sub.required = True
+    prefill = bench_sub.add_parser(
+        "prefill",
+        help="TTFT / throughput sweep through the OpenAI server: stock vLLM vs vs-vllm at several ratios (CPU)",
+        description=(
+            "Build a benchmark-size random-weight Qwen2.5-VL, serve it with stock `vllm serve` and with "
+            "`vs-vllm serve` (same vLLM arguments, prefix caching off), sweep retention ratio x image size x "
+            "concurrency with streamed single-image requests (max_tokens=1, fresh random images), time the ViT and "
+            "LLM parts in transformers for the Amdahl ceiling, and write prefill_cpu.{csv,md} and plots."
+        ),
+    )
+    # The options live beside the benchmark (shared with benchmarks/prefill/bench_prefill.py); that module imports
+    # only the standard library at import time.
+    from vs_vllm.benchmarking.prefill import add_arguments
+
+    add_arguments(prefill)
+
+    def run(args: argparse.Namespace) -> int:
+        from vs_vllm.benchmarking.prefill import run_from_args
+
+        argv = sys.argv[sys.argv.index("prefill") + 1:] if "prefill" in sys.argv else []
+        return run_from_args(args, "vs-vllm bench prefill", argv)
+
+    prefill.set_defaults(handler=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vs-vllm",
-        description="VisionSelector visual-token compression for vLLM: serve, convert, build test models.",
+        description="VisionSelector visual-token compression for vLLM: serve, convert, train, build test models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_serve, _add_demo, _add_tiny_model, _add_convert):
+    for add in (_add_serve, _add_demo, _add_tiny_model, _add_convert, _add_train, _add_eval, _add_bench):
         add(sub)
     return parser
 

@@ -1,0 +1,451 @@
+"""Synthetic "find the coloured shape" VQA data, built to mislead training-free token-pruning heuristics.
+
+Each image holds ONE saturated coloured target (circle, square or triangle, ~28-40 px at 224x224, i.e. 1-4 of the
+8x8 LLM tokens) among achromatic distractor shapes on a textured grey background. The question is always
+"What colour is the coloured shape?" and the answer is one colour word (every palette word is a single token of the
+tiny tokenizer). Only the few tokens covering the target carry the answer, and everything else is built to look more
+"important" to a heuristic than the target:
+
+- ``norm`` keeps the tokens with the largest embedding norms: some distractors are solid bright white (high-contrast
+  edges, extreme pixel values), the usual source of large-norm tokens;
+- ``divprune`` / ``dart`` keep mutually dissimilar tokens: the distractors come in many grey shades and textures
+  (stripes, checkers, dots, noise, outlines), so a diversity criterion has many distinct candidates besides the target
+  and spends its budget on them;
+- ``uniform`` / ``random`` see the target only by chance (its position is uniform over the image).
+
+The data is deterministic per seed: the same arguments give byte-identical PNGs and JSONL files.
+
+Files written under ``out_dir``::
+
+    images/{split}_{i:05d}.png
+    {split}.jsonl        LLaVA-style records: {"id", "image", "conversations": [{"from": "human", "value":
+                         "<image>\\nQUESTION"}, {"from": "gpt", "value": ANSWER}]} (what `vs-vllm train` reads)
+    {split}_eval.jsonl   {"id", "image", "question", "answer", "meta"} (what `vs-vllm eval` reads; it reads the LLaVA
+                         files too); meta has the target's colour, shape, bbox and the LLM-token cells it covers
+    dataset.json         the generation arguments, counts, palette and the question
+
+Usage: python benchmarks/synthetic/generate.py OUT_DIR --train 4000 --test 500 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "PALETTE",
+    "QUESTION",
+    "SyntheticConfig",
+    "generate_dataset",
+    "render_sample",
+]
+
+QUESTION = "What colour is the coloured shape?"
+
+#: Well-separated saturated hues (about 45 degrees apart), each a single token in the tiny tokenizer.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (225, 35, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 220, 30),
+    "green": (35, 175, 55),
+    "cyan": (30, 205, 215),
+    "blue": (40, 70, 230),
+    "purple": (140, 50, 210),
+    "pink": (245, 105, 185),
+}
+
+SHAPES = ("circle", "square", "triangle")
+TEXTURES = ("solid", "hstripes", "vstripes", "dstripes", "checker", "dots", "noise", "outline")
+
+#: Pixels per LLM token side for Qwen2.5-VL (14 px patches, 2x2 merge).
+TOKEN_PX = 28
+
+#: Texture kinds a question can name (the others have no word).
+TEXTURE_WORDS = {"hstripes": "striped", "vstripes": "striped", "dstripes": "striped", "checker": "checkered",
+                 "dots": "dotted", "white": "white"}
+
+#: Question types of the mixed (multi-task) split. Only "colour" is benchmarked; the others make a general model
+#: encode the distractors too (their whiteness, texture and shape), as a real VLM encodes everything in an image.
+TASKS = ("colour", "shape", "white", "texture")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Generation knobs. Sizes are in pixels of the written image."""
+
+    image_size: int = 224
+    object_size: tuple[int, int] = (28, 40)  # target side / diameter range (inclusive)
+    distractor_count: int = 8
+    distractor_size: tuple[int, int] = (26, 48)
+    white_fraction: float = 0.35  # share of distractors that are solid bright white
+    texture_strength: float = 0.5  # 0 = flat background, 1 = strong grey texture
+    colour_jitter: int = 12  # +- per channel on the target colour
+    colours: tuple[str, ...] = tuple(PALETTE)
+    question: str = QUESTION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.image_size < 56:
+            raise ValueError(f"image_size must be >= 56, got {self.image_size}")
+        lo, hi = self.object_size
+        if not 4 <= lo <= hi <= self.image_size // 2:
+            raise ValueError(f"object_size {self.object_size} must satisfy 4 <= lo <= hi <= image_size/2")
+        dlo, dhi = self.distractor_size
+        if not 4 <= dlo <= dhi <= self.image_size // 2:
+            raise ValueError(f"distractor_size {self.distractor_size} must satisfy 4 <= lo <= hi <= image_size/2")
+        if self.distractor_count < 0:
+            raise ValueError("distractor_count must be >= 0")
+        if not 0.0 <= self.texture_strength <= 1.0:
+            raise ValueError("texture_strength must be in [0, 1]")
+        if not 0.0 <= self.white_fraction <= 1.0:
+            raise ValueError("white_fraction must be in [0, 1]")
+        unknown = [c for c in self.colours if c not in PALETTE]
+        if unknown or not self.colours:
+            raise ValueError(f"colours must be a non-empty subset of {list(PALETTE)}, got {list(self.colours)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _background(rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
+    """Achromatic textured background: a grey level, smooth blobs, a faint grid/stripe pattern and pixel noise."""
+    base = rng.uniform(95.0, 165.0)
+    img = np.full((size, size), base, dtype=np.float64)
+    if strength > 0:
+        # Low-frequency value noise (bilinear upsampling of a coarse random grid).
+        cells = int(rng.integers(3, 8))
+        coarse = rng.normal(0.0, 1.0, size=(cells + 1, cells + 1))
+        xs = np.linspace(0, cells, size, endpoint=False)
+        i0 = np.floor(xs).astype(int)
+        f = xs - i0
+        rows = coarse[i0] * (1 - f)[:, None] + coarse[i0 + 1] * f[:, None]
+        smooth = rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
+        img += 28.0 * strength * smooth
+        # A faint periodic pattern (wood-grain-like stripes at a random angle).
+        yy, xx = np.mgrid[0:size, 0:size]
+        angle = rng.uniform(0, math.pi)
+        period = rng.uniform(6.0, 20.0)
+        img += 10.0 * strength * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+        # Pixel noise.
+        img += rng.normal(0.0, 9.0 * strength, size=(size, size))
+    img = np.clip(img, 0, 255)
+    return np.repeat(img[:, :, None], 3, axis=2)
+
+
+def _shape_mask(shape: str, side: int, rotation: float) -> np.ndarray:
+    """Boolean [side, side] mask of a shape filling its box (a triangle is rotated by ``rotation`` radians)."""
+    m = Image.new("L", (side, side), 0)
+    d = ImageDraw.Draw(m)
+    if shape == "circle":
+        d.ellipse((0, 0, side - 1, side - 1), fill=255)
+    elif shape == "square":
+        d.rectangle((0, 0, side - 1, side - 1), fill=255)
+    elif shape == "triangle":
+        c = (side - 1) / 2.0
+        r = (side - 1) / 2.0
+        pts = [(c + r * math.cos(rotation + k * 2 * math.pi / 3), c + r * math.sin(rotation + k * 2 * math.pi / 3))
+               for k in range(3)]
+        d.polygon(pts, fill=255)
+    else:  # pragma: no cover - guarded by callers
+        raise ValueError(shape)
+    return np.asarray(m) > 127
+
+
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary erosion by a (2r+1) cross: a pixel stays set if its r-neighbours up/down/left/right are set."""
+    padded = np.pad(mask, r)
+    h, w = mask.shape
+    out = mask.copy()
+    for dy, dx in ((-r, 0), (r, 0), (0, -r), (0, r)):
+        out &= padded[r + dy:r + dy + h, r + dx:r + dx + w]
+    return out
+
+
+def _texture(rng: np.random.Generator, kind: str, side: int) -> np.ndarray:
+    """A grey texture patch [side, side] in 0..255 (one of TEXTURES, with random shades and periods)."""
+    lo, hi = sorted(rng.choice(np.arange(15, 256, 10), size=2, replace=False).tolist())
+    yy, xx = np.mgrid[0:side, 0:side]
+    period = int(rng.integers(3, 9))
+    if kind == "solid":
+        return np.full((side, side), float(rng.integers(20, 236)))
+    if kind == "hstripes":
+        pat = (yy // period) % 2
+    elif kind == "vstripes":
+        pat = (xx // period) % 2
+    elif kind == "dstripes":
+        pat = ((xx + yy) // period) % 2
+    elif kind == "checker":
+        pat = ((xx // period) + (yy // period)) % 2
+    elif kind == "dots":
+        pat = (((xx % period) - period / 2) ** 2 + ((yy % period) - period / 2) ** 2) < (period / 3) ** 2
+    elif kind == "noise":
+        return rng.uniform(lo, hi, size=(side, side))
+    elif kind == "outline":
+        pat = np.zeros((side, side), dtype=int)
+        w = max(2, side // 8)
+        pat[:w, :] = pat[-w:, :] = pat[:, :w] = pat[:, -w:] = 1
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return np.where(pat.astype(bool), float(hi), float(lo))
+
+
+def _place(rng: np.random.Generator, side: int, size: int, boxes: list[tuple[int, int, int, int]], margin: int = 3):
+    """A top-left corner for a ``side`` box not overlapping ``boxes`` (plus margin), or None after 200 tries."""
+    for _ in range(200):
+        x = int(rng.integers(0, size - side + 1))
+        y = int(rng.integers(0, size - side + 1))
+        ok = all(x + side + margin <= bx0 or bx1 + margin <= x or y + side + margin <= by0 or by1 + margin <= y
+                 for bx0, by0, bx1, by1 in boxes)
+        if ok:
+            return x, y
+    return None
+
+
+def _token_cells(mask_full: np.ndarray, min_pixels: int = 20) -> list[int]:
+    """Raster indices of the TOKEN_PX x TOKEN_PX cells holding at least ``min_pixels`` target pixels."""
+    size = mask_full.shape[0]
+    g = size // TOKEN_PX
+    cells = []
+    for r in range(g):
+        for c in range(g):
+            if mask_full[r * TOKEN_PX:(r + 1) * TOKEN_PX, c * TOKEN_PX:(c + 1) * TOKEN_PX].sum() >= min_pixels:
+                cells.append(r * g + c)
+    return cells
+
+
+def render_sample(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, dict[str, Any]]:
+    """Draw one image; returns it and its metadata (answer colour, shape, bbox, token cells, distractors)."""
+    size = cfg.image_size
+    img = _background(rng, size, cfg.texture_strength)
+
+    colour = str(cfg.colours[int(rng.integers(len(cfg.colours)))])
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    side = int(rng.integers(cfg.object_size[0], cfg.object_size[1] + 1))
+    rot = float(rng.uniform(0, 2 * math.pi))
+    tx, ty = _place(rng, side, size, [])  # the first object always fits
+    boxes = [(tx, ty, tx + side, ty + side)]
+
+    distractors = []
+    for _ in range(cfg.distractor_count):
+        dside = int(rng.integers(cfg.distractor_size[0], cfg.distractor_size[1] + 1))
+        pos = _place(rng, dside, size, boxes)
+        if pos is None:
+            continue
+        dx, dy = pos
+        dshape = SHAPES[int(rng.integers(len(SHAPES)))]
+        white = bool(rng.random() < cfg.white_fraction)
+        kind = "white" if white else TEXTURES[int(rng.integers(len(TEXTURES)))]
+        mask = _shape_mask(dshape, dside, float(rng.uniform(0, 2 * math.pi)))
+        if white:
+            tex = np.full((dside, dside), 255.0)
+            # A dark rim makes the edge maximally contrasted.
+            tex[mask & ~_erode(mask, 2)] = 10.0
+        else:
+            tex = _texture(rng, kind, dside)
+        region = img[dy:dy + dside, dx:dx + dside]
+        region[mask] = tex[mask][:, None]
+        boxes.append((dx, dy, dx + dside, dy + dside))
+        distractors.append({"shape": dshape, "texture": kind, "bbox": [dx, dy, dx + dside, dy + dside]})
+
+    # The target last, so nothing covers it.
+    base = np.array(PALETTE[colour], dtype=np.float64)
+    jitter = rng.integers(-cfg.colour_jitter, cfg.colour_jitter + 1, size=3) if cfg.colour_jitter else 0
+    rgb = np.clip(base + jitter, 0, 255)
+    tmask = _shape_mask(shape, side, rot)
+    img[ty:ty + side, tx:tx + side][tmask] = rgb
+
+    full = np.zeros((size, size), dtype=bool)
+    full[ty:ty + side, tx:tx + side] = tmask
+    out = Image.fromarray(np.rint(img).astype(np.uint8), mode="RGB")
+    meta = {
+        "colour": colour,
+        "rgb": [int(v) for v in rgb],
+        "shape": shape,
+        "bbox": [tx, ty, tx + side, ty + side],
+        "token_grid": [size // TOKEN_PX, size // TOKEN_PX],
+        "target_tokens": _token_cells(full),
+        "distractors": distractors,
+    }
+    return out, meta
+
+
+def make_question(task: str, meta: dict[str, Any], rng: np.random.Generator, question: str = QUESTION):
+    """(question, answer) of type ``task`` about an image's metadata; every answer is a single word.
+
+    The existence questions ("Is there a white triangle?", "Is there a striped square?") ask, with probability 1/2,
+    about a combination present in the image (when there is one), otherwise about an absent one, so yes/no is balanced.
+    """
+    if task == "colour":
+        return question, meta["colour"]
+    if task == "shape":
+        return "What shape is the coloured shape?", meta["shape"]
+    if task in ("white", "texture"):
+        present = sorted({(TEXTURE_WORDS[d["texture"]], d["shape"]) for d in meta["distractors"]
+                          if d["texture"] in TEXTURE_WORDS})
+        words = ["white"] if task == "white" else sorted({w for w in TEXTURE_WORDS.values() if w != "white"})
+        combos = [(w, sh) for w in words for sh in SHAPES]
+        have = [c for c in combos if c in present]
+        absent = [c for c in combos if c not in present]
+        if have and (not absent or rng.random() < 0.5):
+            (word, shape), answer = have[int(rng.integers(len(have)))], "yes"
+        else:
+            (word, shape), answer = absent[int(rng.integers(len(absent)))], "no"
+        return f"Is there a {word} {shape}?", answer
+    raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dataset
+
+
+def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    split_id = {"train": 1, "test": 2, "train-questions": 3, "test-questions": 4}.get(split, sum(split.encode()) + 5)
+    return np.random.default_rng(np.random.SeedSequence([int(seed), split_id, int(index)]))
+
+
+def _llava(sid: str, image: str, question: str, answer: str) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "image": image,
+        "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}],
+    }
+
+
+def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=False, separators=(", ", ": ")) + "\n")
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike[str],
+    n_train: int = 4000,
+    n_test: int = 500,
+    seed: int = 0,
+    *,
+    tasks: Sequence[str] = TASKS,
+    progress: bool = False,
+    **knobs: Any,
+) -> dict[str, Path]:
+    """Write the train and test splits (PNGs + JSONL) under ``out_dir``; returns the paths of the JSONL files.
+
+    ``knobs`` are :class:`SyntheticConfig` fields (image_size, object_size, distractor_count, texture_strength, ...).
+    """
+    unknown = set(knobs) - set(SyntheticConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown generator knobs {sorted(unknown)}; known: {sorted(SyntheticConfig.__dataclass_fields__)}")
+    for key in ("object_size", "distractor_size", "colours"):
+        if key in knobs:
+            knobs[key] = tuple(knobs[key])
+    cfg = SyntheticConfig(**knobs)
+    cfg.validate()
+    if n_train < 0 or n_test < 0:
+        raise ValueError("split sizes must be >= 0")
+    tasks = tuple(tasks)
+    unknown_tasks = [t for t in tasks if t not in TASKS]
+    if unknown_tasks:
+        raise ValueError(f"unknown tasks {unknown_tasks}; known: {', '.join(TASKS)}")
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        llava, evalrecs, mixed, mixed_eval = [], [], [], []
+        it = range(n)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"generate {split}", unit="img")
+        for i in it:
+            img, meta = render_sample(_sample_rng(seed, split, i), cfg)
+            rel = f"images/{split}_{i:05d}.png"
+            img.save(out / rel, format="PNG", optimize=False, compress_level=6)
+            sid = f"{split}-{i:05d}"
+            llava.append(_llava(sid, rel, cfg.question, meta["colour"]))
+            evalrecs.append({"id": sid, "image": rel, "question": cfg.question, "answer": meta["colour"],
+                             "meta": meta})
+            qrng = _sample_rng(seed, split + "-questions", i)
+            for task in tasks:
+                q, a = make_question(task, meta, qrng, cfg.question)
+                mixed.append(_llava(f"{sid}-{task}", rel, q, a))
+                mixed_eval.append({"id": f"{sid}-{task}", "image": rel, "question": q, "answer": a, "task": task})
+        _write_jsonl(out / f"{split}.jsonl", llava)
+        _write_jsonl(out / f"{split}_eval.jsonl", evalrecs)
+        paths[split] = out / f"{split}.jsonl"
+        paths[f"{split}_eval"] = out / f"{split}_eval.jsonl"
+        if tasks:
+            _write_jsonl(out / f"{split}_mixed.jsonl", mixed)
+            _write_jsonl(out / f"{split}_mixed_eval.jsonl", mixed_eval)
+            paths[f"{split}_mixed"] = out / f"{split}_mixed.jsonl"
+            paths[f"{split}_mixed_eval"] = out / f"{split}_mixed_eval.jsonl"
+    info = {
+        "generator": "benchmarks/synthetic/generate.py",
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "config": _jsonable(asdict(cfg)),
+        "mixed_tasks": list(tasks),
+        "palette": {k: list(v) for k, v in PALETTE.items() if k in cfg.colours},
+    }
+    (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    paths["info"] = out / "dataset.json"
+    return paths
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _pair(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError("expected N or LO,HI")
+    return parts[0], parts[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir")
+    p.add_argument("--train", type=int, default=4000, help="train images (default: %(default)s)")
+    p.add_argument("--test", type=int, default=500, help="test images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
+    p.add_argument("--object-size", type=_pair, default=SyntheticConfig.object_size, help="LO,HI pixels")
+    p.add_argument("--distractor-count", type=int, default=SyntheticConfig.distractor_count)
+    p.add_argument("--distractor-size", type=_pair, default=SyntheticConfig.distractor_size, help="LO,HI pixels")
+    p.add_argument("--white-fraction", type=float, default=SyntheticConfig.white_fraction)
+    p.add_argument("--texture-strength", type=float, default=SyntheticConfig.texture_strength)
+    p.add_argument("--colour-jitter", type=int, default=SyntheticConfig.colour_jitter)
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help="question types of the *_mixed files (default: %(default)s; empty: no mixed files)")
+    args = p.parse_args(argv)
+    paths = generate_dataset(
+        args.out_dir, args.train, args.test, args.seed, progress=True,
+        tasks=[t for t in args.tasks.split(",") if t.strip()],
+        image_size=args.image_size, object_size=args.object_size, distractor_count=args.distractor_count,
+        distractor_size=args.distractor_size, white_fraction=args.white_fraction,
+        texture_strength=args.texture_strength, colour_jitter=args.colour_jitter,
+    )
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,357 @@
+"""The synthetic pruning benchmark, end to end, through the vLLM plugin server.
+
+1. generate the data (``generate.py``; reused when ``dataset.json`` matches);
+2. train the base Qwen2.5-VL from scratch (``train_base.py``; reused when the model directory exists);
+3. train the VisionSelector scorer with ``vs-vllm train`` on the benchmark question (reused when present);
+4. measure, offline in transformers, how often each method keeps at least one target token ("target kept");
+5. serve the base model with ``vs-vllm serve --scorer`` and run ``vs-vllm eval`` over every registered method at
+   ratios {1.0, 0.5, 0.3, 0.2, 0.1, 0.05};
+6. write ``synthetic_accuracy.{csv,md,png}``, ``synthetic_predictions.jsonl`` and ``synthetic_target_kept.csv`` to the
+   results directory, with the machine and every command line.
+
+``--quick`` runs the same pipeline on a few images with a few training steps (a smoke test, minutes): its artefacts and
+results go to separate ``quick`` directories, so it never overwrites the real ones.
+
+Usage:
+    python benchmarks/synthetic/run_benchmark.py                  # full (reuses artefacts that exist)
+    python benchmarks/synthetic/run_benchmark.py --quick          # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)
+SERVED_NAME = "tiny"
+
+
+class PipelineError(RuntimeError):
+    """A step failed; the message says which and what to do."""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per process: on a small, shared CPU, multi-threaded torch ops stall waiting for descheduled threads.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _run(cmd: list[str], log: list[dict[str, Any]], what: str, *, cwd: Path = REPO) -> float:
+    """Run ``cmd`` (output streams through), record it, raise PipelineError on failure; returns seconds."""
+    print(f"\n[benchmark] {what}: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, cwd=cwd, env=_env())
+    seconds = time.perf_counter() - t0
+    log.append({"step": what, "command": shlex.join(_rel(cmd)), "seconds": round(seconds, 1), "rc": rc})
+    if rc != 0:
+        raise PipelineError(f"{what} failed (exit code {rc}): {shlex.join(cmd)}")
+    return seconds
+
+
+def _rel(cmd: Sequence[str]) -> list[str]:
+    out = []
+    for c in cmd:
+        if c == sys.executable:
+            out.append("python")
+            continue
+        try:
+            p = Path(c)
+            out.append(str(p.relative_to(REPO)) if p.is_absolute() else c)
+        except ValueError:
+            out.append(c)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def step_data(data_dir: Path, n_train: int, n_test: int, seed: int, log: list) -> Path:
+    info_path = data_dir / "dataset.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if (info.get("seed"), info.get("n_train"), info.get("n_test")) == (seed, n_train, n_test):
+            print(f"[benchmark] reusing data in {data_dir}", flush=True)
+            log.append({"step": "data", "command": f"(reused {data_dir})", "seconds": 0, "rc": 0})
+            return data_dir
+    _run([sys.executable, str(HERE / "generate.py"), str(data_dir), "--train", str(n_train), "--test", str(n_test),
+          "--seed", str(seed)], log, "generate data")
+    return data_dir
+
+
+def step_base(model_dir: Path, data_dir: Path, log: list, *, retrain: bool, extra: Sequence[str]) -> dict:
+    info_path = model_dir / "training_info.json"
+    if info_path.is_file() and (model_dir / "model.safetensors").is_file() and not retrain:
+        print(f"[benchmark] reusing the base model in {model_dir}", flush=True)
+        log.append({"step": "train base", "command": f"(reused {model_dir})", "seconds": 0, "rc": 0})
+    else:
+        _run([sys.executable, str(HERE / "train_base.py"), "--data", str(data_dir), "--out", str(model_dir), *extra],
+             log, "train base")
+    return json.loads(info_path.read_text())
+
+
+def train_cli_available() -> bool:
+    proc = subprocess.run([sys.executable, "-m", "vs_vllm", "train", "--help"], capture_output=True, text=True,
+                          env=_env(), cwd=REPO)
+    return proc.returncode == 0
+
+
+def step_scorer(scorer_dir: Path, model_dir: Path, data_file: Path, log: list, *, retrain: bool,
+                extra: Sequence[str]) -> Path:
+    scorer = scorer_dir / "scorer.safetensors"
+    if scorer.is_file() and not retrain:
+        print(f"[benchmark] reusing the scorer {scorer}", flush=True)
+        log.append({"step": "train scorer", "command": f"(reused {scorer})", "seconds": 0, "rc": 0})
+        return scorer
+    if not train_cli_available():
+        raise PipelineError("`vs-vllm train` is not available in this environment (vs_vllm.training missing?); "
+                            "train a scorer elsewhere and pass --scorer PATH, or install the training extra")
+    if scorer_dir.exists() and retrain:
+        shutil.rmtree(scorer_dir)
+    _run([sys.executable, "-m", "vs_vllm", "train", "--model", str(model_dir), "--data", str(data_file),
+          "--output-dir", str(scorer_dir), *extra], log, "train scorer")
+    if not scorer.is_file():
+        raise PipelineError(f"`vs-vllm train` finished but wrote no {scorer}")
+    return scorer
+
+
+def target_kept(model_dir: Path, data_file: Path, scorer: Path | None, methods: Sequence[str],
+                ratios: Sequence[float], limit: int | None) -> list[dict[str, Any]]:
+    """Share of images where each method keeps >= 1 of the tokens covering the target (merger outputs from the HF
+    model, the methods from vs_vllm.selection), plus the target's mean rank by embedding norm."""
+    import numpy as np
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    sys.path.insert(0, str(HERE))
+    from train_base import Patchifier, load_images
+
+    from vs_vllm.selection.budget import keep_count
+    from vs_vllm.selection.checkpoint import load_scorer
+    from vs_vllm.selection.methods import select
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)
+    recs = [json.loads(line) for line in data_file.read_text().splitlines() if line.strip()][:limit]
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    patchify = Patchifier(json.loads((model_dir / "preprocessor_config.json").read_text()))
+    images, index = load_images(recs, data_file.parent)
+    sc = load_scorer(scorer) if scorer is not None else None
+    embs = []
+    with torch.inference_mode():
+        for s in range(0, len(recs), 32):
+            pv, thw = patchify(images[index[s : s + 32]])
+            out = model.model.visual(pv, grid_thw=thw)
+            e = getattr(out, "pooler_output", None)
+            e = out if e is None else e
+            n_tok = int(thw[0].prod()) // 4
+            embs += list(e.float().reshape(-1, n_tok, e.shape[-1]))
+    grid = (1, *(g // 2 for g in thw[0, 1:].tolist()))
+    rows = []
+    norm_rank = []
+    for r, e in zip(recs, embs):
+        order = e.norm(dim=-1).argsort(descending=True).tolist()
+        norm_rank.append(min(order.index(t) for t in r["meta"]["target_tokens"]))
+    for method in methods:
+        if method == "visionselector" and sc is None:
+            continue
+        for ratio in ratios:
+            hits = 0
+            for r, e in zip(recs, embs):
+                k = keep_count(e.shape[0], ratio)
+                kept = set(select(method, e, grid, k, scorer=sc).tolist())
+                hits += bool(kept & set(r["meta"]["target_tokens"]))
+            rows.append({"method": method, "ratio": ratio, "n": len(recs), "target_kept": hits / len(recs)})
+    rows.append({"method": "(target norm rank, mean)", "ratio": "", "n": len(recs),
+                 "target_kept": float(np.mean(norm_rank))})
+    return rows
+
+
+def write_target_kept(rows: list[dict[str, Any]], path: Path) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "ratio", "n", "target_kept"], lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "target_kept": f"{r['target_kept']:.4f}"})
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"] != ""}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["ratio"] != ""))
+    cell = {(r["method"], r["ratio"]): r["target_kept"] for r in rows}
+    lines = ["| method | " + " | ".join(f"r={x:g}" for x in ratios) + " |", "|---|" + "---:|" * len(ratios)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f"{cell[(m, x)]:.3f}" if (m, x) in cell else "" for x in ratios) + " |")
+    extra = [r for r in rows if r["ratio"] == ""]
+    if extra:
+        lines.append("")
+        lines.append(f"Mean rank of the best target token by embedding L2 norm (0 = the largest-norm token): "
+                     f"{extra[0]['target_kept']:.2f} over {extra[0]['n']} images.")
+    return "\n".join(lines)
+
+
+def machine_info() -> str:
+    from vs_vllm.evaluation.cli import machine_info as mi
+
+    try:
+        import torch
+
+        dev = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except Exception:  # pragma: no cover
+        dev = "?"
+    return f"{mi()}, {dev}"
+
+
+def step_eval(model_dir: Path, scorer: Path, data_file: Path, results: Path, log: list, *, methods: Sequence[str],
+              ratios: Sequence[float], limit: int | None, concurrency: int, name: str) -> dict[str, Path]:
+    from vs_vllm.testing.server import VLLMServer, tiny_serve_args
+
+    args = ["--scorer", str(scorer), *tiny_serve_args(max_images=1, served_model_name=SERVED_NAME)]
+    server = VLLMServer(model_dir, args, command=[sys.executable, "-m", "vs_vllm", "serve"],
+                        log_path=results / f"{name}_server.log", env={"OMP_NUM_THREADS": "1"})
+    serve_cmd = shlex.join(_rel([*server.command, str(model_dir), *args]))
+    print(f"\n[benchmark] serve: {serve_cmd}", flush=True)
+    t0 = time.perf_counter()
+    with server:
+        log.append({"step": "serve", "command": serve_cmd, "seconds": round(time.perf_counter() - t0, 1), "rc": 0})
+        cmd = [sys.executable, "-m", "vs_vllm", "eval", "--base-url", server.base_url, "--model", SERVED_NAME,
+               "--data", str(data_file), "--ratios", ",".join(f"{r:g}" for r in ratios), "--methods",
+               ",".join(methods), "--concurrency", str(concurrency), "--out-dir", str(results), "--name", name,
+               "--max-tokens", "8", "--title", "Synthetic colour task: accuracy vs retention ratio"]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        _run(cmd, log, "eval")
+    return {k: results / f"{name}_{k}" for k in ("accuracy.csv", "accuracy.md", "accuracy.png", "predictions.jsonl")}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[-1])
+    p.add_argument("--quick", action="store_true", help="smoke test: few images, few steps, separate directories")
+    p.add_argument("--artifacts", default=None, help="artefact directory (default: benchmarks/synthetic/artifacts, "
+                   "or artifacts/quick with --quick)")
+    p.add_argument("--results-dir", default=None, help="default: benchmarks/results (benchmarks/results/quick)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=None, help="train images (default: 4000; quick: 48)")
+    p.add_argument("--n-test", type=int, default=None, help="test images (default: 500; quick: 8)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--scorer", default=None, help="use this scorer file instead of training one")
+    p.add_argument("--retrain-base", action="store_true")
+    p.add_argument("--retrain-scorer", action="store_true")
+    p.add_argument("--base-args", default="", help="extra train_base.py arguments (one string)")
+    p.add_argument("--scorer-args", default=None,
+                   help="vs-vllm train arguments after --model/--data/--output-dir (default: a CPU recipe; quick: 4 "
+                   "steps)")
+    args = p.parse_args(argv)
+
+    from vs_vllm.selection.methods import list_methods
+
+    quick = args.quick
+    artifacts = Path(args.artifacts) if args.artifacts else HERE / "artifacts" / ("quick" if quick else "")
+    results = Path(args.results_dir) if args.results_dir else REPO / "benchmarks" / "results" / ("quick" if quick else "")
+    results.mkdir(parents=True, exist_ok=True)
+    n_train = args.n_train or (48 if quick else 4000)
+    n_test = args.n_test or (8 if quick else 500)
+    methods = [m.strip() for m in (args.methods or ",".join(list_methods())).split(",") if m.strip()]
+    if "visionselector" in methods:  # first: its ratio-1.0 request is the shared baseline
+        methods = ["visionselector", *[m for m in methods if m != "visionselector"]]
+    ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
+    base_extra = shlex.split(args.base_args) or (["--steps", "20", "--eval-every", "10", "--val-size", "16"]
+                                                 if quick else [])
+    scorer_extra = shlex.split(args.scorer_args) if args.scorer_args is not None else (
+        ["--ratio", "0.2", "--max-steps", "4", "--batch-size", "4", "--lr", "1e-3", "--no-progress"] if quick else
+        # lr: the base model's visual embeddings have norms ~100-1000, so scores grow with lr^2 |x|^2 and the soft
+        # top-K saturates early; 1e-4 worked best of 3e-6 ... 2e-3 in a sweep (see the report).
+        ["--ratio", "0.2", "--max-steps", "600", "--batch-size", "8", "--lr", "1e-4", "--lambda-start", "0.1",
+         "--lambda-end", "2.0"])
+
+    log: list[dict[str, Any]] = []
+    started = dt.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    try:
+        data_dir = step_data(artifacts / "data", n_train, n_test, args.seed, log)
+        base_dir = artifacts / "base-model"
+        base_info = step_base(base_dir, data_dir, log, retrain=args.retrain_base, extra=base_extra)
+        if args.scorer:
+            scorer = Path(args.scorer)
+            log.append({"step": "train scorer", "command": f"(given {scorer})", "seconds": 0, "rc": 0})
+        else:
+            scorer = step_scorer(artifacts / "scorer", base_dir, data_dir / "train.jsonl", log,
+                                 retrain=args.retrain_scorer, extra=scorer_extra)
+        print("\n[benchmark] target-kept analysis (transformers, offline)", flush=True)
+        tk0 = time.perf_counter()
+        tk_rows = target_kept(base_dir, data_dir / "test_eval.jsonl", scorer, methods,
+                              [r for r in ratios if r < 1.0], args.limit)
+        log.append({"step": "target-kept analysis", "command": "(in process)",
+                    "seconds": round(time.perf_counter() - tk0, 1), "rc": 0})
+        tk_md = write_target_kept(tk_rows, results / "synthetic_target_kept.csv")
+        paths = step_eval(base_dir, scorer, data_dir / "test_eval.jsonl", results, log, methods=methods,
+                          ratios=ratios, limit=args.limit, concurrency=args.concurrency, name="synthetic")
+    except PipelineError as exc:
+        print(f"run_benchmark: error: {exc}", file=sys.stderr)
+        return 2
+
+    total = time.perf_counter() - t0
+    size_mb = (sum(f.stat().st_size for f in base_dir.iterdir() if f.is_file()) + scorer.stat().st_size) / 1e6
+    by_split = base_info.get("test_acc_by_split", {})
+    mixed = by_split.get("test_mixed", {})
+    notes = [
+        "## Pipeline",
+        "",
+        f"- **run**: {started.isoformat(timespec='seconds')}, {total / 60:.1f} min in all"
+        + (" (**--quick smoke test: tiny data and training, numbers meaningless**)" if quick else ""),
+        f"- **machine**: {machine_info()}",
+        f"- **data**: `{_rel([str(data_dir)])[0]}` ({n_train} train / {n_test} test images, seed {args.seed}); "
+        "one coloured target among grey/white distractors, question \"What colour is the coloured shape?\"",
+        f"- **base model**: Qwen2.5-VL from scratch, {base_info['parameters'] / 1e6:.2f}M parameters, "
+        f"trained {base_info['train_time_s'] / 60:.1f} min on `{base_info.get('train_file')}` "
+        f"(stop: {base_info['stop_reason']}); test accuracy with all visual tokens (transformers): "
+        f"{base_info['test_acc']:.3f}" + (
+            "; per task: " + ", ".join(f"{k} {v:.3f}" for k, v in mixed.items()) if mixed else ""),
+        f"- **scorer**: `{_rel([str(scorer)])[0]}`; model + scorer {size_mb:.1f} MB",
+        "",
+        "Commands (from the repository root):",
+        "",
+        "```",
+        *[f"# {e['step']} ({e['seconds']} s)\n{e['command']}" for e in log],
+        "```",
+        "",
+        "## Target kept (offline, transformers)",
+        "",
+        "Share of test images where the method keeps at least one of the LLM tokens covering the coloured target "
+        "(the answer is unrecoverable otherwise, up to leakage through the vision tower's attention).",
+        "",
+        tk_md,
+    ]
+    md = paths["accuracy.md"]
+    md.write_text(md.read_text() + "\n" + "\n".join(notes) + "\n", encoding="utf-8")
+    print(f"\n[benchmark] done in {total / 60:.1f} min:")
+    for k, v in paths.items():
+        print(f"  {k}: {v}")
+    print(f"  target kept: {results / 'synthetic_target_kept.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The synthetic "what colour is the coloured shape?" generator (benchmarks/synthetic/generate.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+_GEN_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic" / "generate.py"
+
+
+@pytest.fixture(scope="module")
+def gen():
+    spec = importlib.util.spec_from_file_location("synthetic_generate", _GEN_PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(gen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    gen.generate_dataset(out, n_train=6, n_test=4, seed=7)
+    return out
+
+
+def test_deterministic_per_seed(gen, dataset, tmp_path):
+    gen.generate_dataset(tmp_path, n_train=6, n_test=4, seed=7)
+    a, b = _files(dataset), _files(tmp_path)
+    assert sorted(a) == sorted(b)
+    assert len([k for k in a if k.endswith(".png")]) == 10
+    for name in a:
+        assert a[name] == b[name], f"{name} differs between two runs with the same seed"
+
+
+def test_knobs_change_the_output(gen, dataset, tmp_path):
+    base = _files(dataset)
+    variants = {
+        "seed": dict(seed=8),
+        "texture": dict(seed=7, texture_strength=0.0),
+        "distractors": dict(seed=7, distractor_count=2),
+        "object_size": dict(seed=7, object_size=(44, 50)),
+    }
+    for name, kw in variants.items():
+        out = tmp_path / name
+        gen.generate_dataset(out, n_train=6, n_test=4, **kw)
+        other = _files(out)
+        assert other["images/train_00000.png"] != base["images/train_00000.png"], name
+    recs = _read_jsonl(tmp_path / "distractors" / "test_eval.jsonl")
+    assert all(len(r["meta"]["distractors"]) <= 2 for r in recs)
+    recs = _read_jsonl(tmp_path / "object_size" / "test_eval.jsonl")
+    assert all(44 <= r["meta"]["bbox"][2] - r["meta"]["bbox"][0] <= 50 for r in recs)
+    gen.generate_dataset(tmp_path / "small", n_train=1, n_test=1, seed=7, image_size=112, object_size=(20, 24))
+    assert Image.open(tmp_path / "small" / "images" / "train_00000.png").size == (112, 112)
+    with pytest.raises(ValueError, match="unknown generator knobs"):
+        gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=1, colour="red")
+
+
+def test_target_colour_is_where_stated(gen, dataset):
+    for rec in _read_jsonl(dataset / "train_eval.jsonl") + _read_jsonl(dataset / "test_eval.jsonl"):
+        meta = rec["meta"]
+        img = np.asarray(Image.open(dataset / rec["image"]).convert("RGB")).astype(int)
+        rgb = np.array(meta["rgb"])
+        assert rec["answer"] == meta["colour"] and np.abs(rgb - np.array(gen.PALETTE[meta["colour"]])).max() <= 12
+        x0, y0, x1, y1 = meta["bbox"]
+        hit = (img == rgb).all(axis=-1)
+        inside = hit[y0:y1, x0:x1].sum()
+        # A triangle inscribed in its box covers ~32% of it, a circle ~78%, a square 100%.
+        assert inside >= 0.25 * (x1 - x0) * (y1 - y0), rec["id"]
+        outside = hit.copy()
+        outside[y0:y1, x0:x1] = False
+        assert not outside.any(), f"{rec['id']}: target colour outside its bbox"
+        # Everything but the target is achromatic (background and distractors are grey levels).
+        chroma = img.max(axis=-1) - img.min(axis=-1)
+        chroma[y0:y1, x0:x1] = 0
+        assert chroma.max() == 0, rec["id"]
+        # The listed LLM-token cells (28 px) hold target pixels.
+        g = meta["token_grid"][1]
+        assert meta["target_tokens"]
+        for cell in meta["target_tokens"]:
+            r, c = divmod(cell, g)
+            assert hit[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].sum() >= 20
+
+
+def test_jsonl_fields(gen, dataset):
+    train = _read_jsonl(dataset / "train.jsonl")
+    assert len(train) == 6
+    for r in train:
+        assert set(r) == {"id", "image", "conversations"}
+        human, gpt = r["conversations"]
+        assert human == {"from": "human", "value": "<image>\n" + gen.QUESTION}
+        assert gpt["from"] == "gpt" and gpt["value"] in gen.PALETTE
+        assert (dataset / r["image"]).is_file()
+    ev = _read_jsonl(dataset / "test_eval.jsonl")
+    assert len(ev) == 4
+    for r in ev:
+        assert {"id", "image", "question", "answer", "meta"} <= set(r)
+        assert r["question"] == gen.QUESTION
+    info = json.loads((dataset / "dataset.json").read_text())
+    assert info["seed"] == 7 and info["n_train"] == 6 and info["config"]["image_size"] == 224
+    # The eval loader reads both files.
+    from vs_vllm.evaluation.data import load_samples
+
+    assert [s.answers for s in load_samples(dataset / "test.jsonl", encode_images=False)] == \
+        [[r["answer"]] for r in ev]
+
+
+def test_colour_words_are_single_tokens(gen):
+    from vs_vllm.testing.tokenizer import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer()
+    for word in gen.PALETTE:
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_mixed_task_records(gen, dataset):
+    """The multi-task split: one record per task per image, answers consistent with the image metadata."""
+    mixed = _read_jsonl(dataset / "train_mixed.jsonl")
+    assert len(mixed) == 6 * len(gen.TASKS)
+    assert all(set(r) == {"id", "image", "conversations"} for r in mixed)
+    meta = {r["image"]: r["meta"] for r in _read_jsonl(dataset / "test_eval.jsonl")}
+    for r in _read_jsonl(dataset / "test_mixed_eval.jsonl"):
+        m = meta[r["image"]]
+        if r["task"] == "colour":
+            assert r["answer"] == m["colour"]
+        elif r["task"] == "shape":
+            assert r["answer"] == m["shape"]
+        else:
+            _, word, shape = r["question"].rstrip("?").rsplit(" ", 2)
+            present = any(gen.TEXTURE_WORDS.get(d["texture"]) == word and d["shape"] == shape
+                          for d in m["distractors"])
+            assert r["answer"] == ("yes" if present else "no"), r
+    with pytest.raises(ValueError, match="unknown tasks"):
+        gen.generate_dataset(dataset / "x", n_train=1, n_test=0, tasks=("counting",))

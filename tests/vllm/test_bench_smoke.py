@@ -1,0 +1,79 @@
+"""Smoke tests of the prefill benchmarks: the sweep's client loop against a real `vs-vllm serve`, and the GPU script's
+--tiny path on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sweep_client_loop_against_plugin_server(plugin_server, tiny_model_dir: Path) -> None:
+    from vs_vllm.benchmarking.prefill import PayloadFactory, Slot, SweepConfig, run_sweep
+    from vs_vllm.selection.budget import keep_count
+
+    cfg = SweepConfig(
+        image_sizes=[(224, 224)], ratios=[1.0, 0.25], concurrencies=[1, 2], repeats=1, min_requests=2,
+        requests_per_slot=1, warmup_requests=1, served_model_name="tiny", switch_pause_s=0.0,
+    )
+    slots = [Slot("plugin", r) for r in cfg.ratios]
+    runs, requests = run_sweep(cfg, tiny_model_dir, {"plugin": plugin_server}, slots, PayloadFactory(cfg),
+                               log=lambda *_: None)
+
+    assert len(runs) == len(slots) * len(cfg.concurrencies)
+    assert len(requests) == sum(r["requests"] for r in runs)
+    n = 64  # the tiny model caps a 224x224 image at 64 visual tokens
+    by_key = {(r["config"], r["concurrency"]): r for r in runs}
+    for (config, _conc), row in by_key.items():
+        assert row["ok"] == row["requests"] == 2 and row["failed"] == 0, row
+        assert row["visual_tokens"] == n
+        assert row["visual_kept"] == (n if config == "r=1" else keep_count(n, 0.25))
+        assert 0 < row["ttft_p50_ms"] <= row["ttft_max_ms"] <= row["latency_p50_ms"] * 10
+        assert row["req_per_s"] > 0 and row["wall_s"] > 0
+        assert row["kv_usage_max"] is not None and 0.0 <= row["kv_usage_max"] <= 1.0
+        assert row["srv_prefill_ms"] > 0  # the server's own prefill histogram moved during the run
+        assert row["kv_mib_per_request"] > 0
+    # Pruning shortens the prompt by exactly N - K tokens.
+    assert by_key[("r=1", 1)]["prompt_tokens"] - by_key[("r=0.25", 1)]["prompt_tokens"] == n - keep_count(n, 0.25)
+    for q in requests:
+        assert q["ok"] == 1 and q["ttft_ms"] > 0 and q["visual_total"] == n
+
+
+def _load_gpu_script():
+    path = REPO / "benchmarks" / "prefill" / "hf_gpu_prefill.py"
+    spec = importlib.util.spec_from_file_location("hf_gpu_prefill", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("hf_gpu_prefill", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hf_gpu_prefill_tiny_on_cpu(tmp_path: Path) -> None:
+    script = _load_gpu_script()
+    assert script.main(["--tiny", "--out-dir", str(tmp_path), "--ratios", "1.0,0.5,0.1", "--repeats", "1",
+                        "--warmup", "0"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "hf_gpu_prefill_tiny_cpu.csv")))
+    assert [float(r["ratio"]) for r in rows] == [1.0, 0.5, 0.1]
+    assert [int(r["K"]) for r in rows] == [144, 72, 14]
+    assert float(rows[0]["speedup"]) == 1.0
+    for r in rows:
+        assert float(r["prefill_ms_p50"]) > 0 and float(r["ceiling_flops"]) >= 1.0
+        assert int(r["prompt_tokens"]) == int(r["K"]) + 60
+    assert "tiny config" in (tmp_path / "hf_gpu_prefill_tiny_cpu.md").read_text()
+
+
+def test_hf_gpu_prefill_without_cuda_fails_clearly(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    script = _load_gpu_script()
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        script.main(["--out-dir", str(tmp_path)])
