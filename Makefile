@@ -48,3 +48,12 @@ bench-prefill: setup
 # .cache/bench-prefill-quick/ unless BENCH_ARGS sets --out-dir.
 bench-prefill-quick: setup
 	@$(VPY) -m vs_vllm bench prefill --quick $(BENCH_ARGS)
+
+# Synthetic visual-QA benchmark (benchmarks/synthetic/): generate data, train a small model from scratch, train its
+# scorer, evaluate every method at every ratio through `vs-vllm serve`; results go to benchmarks/results/synthetic_*.
+.PHONY: bench-synthetic bench-synthetic-quick
+bench-synthetic: setup
+	@$(VPY) benchmarks/synthetic/run_benchmark.py $(BENCH_ARGS)
+
+bench-synthetic-quick: setup
+	@$(VPY) benchmarks/synthetic/run_benchmark.py --quick $(BENCH_ARGS)

@@ -9,8 +9,8 @@
 6. write ``synthetic_accuracy.{csv,md,png}``, ``synthetic_predictions.jsonl`` and ``synthetic_target_kept.csv`` to the
    results directory, with the machine and every command line.
 
-``--quick`` runs the same pipeline on a few images with a few training steps (a smoke test, minutes): its artefacts and
-results go to separate ``quick`` directories, so it never overwrites the real ones.
+``--quick`` runs the same pipeline on a few images with a few training steps (a smoke test, about a minute): its
+artefacts and results go to ``artifacts/quick/``, so it never overwrites the real ones.
 
 Usage:
     python benchmarks/synthetic/run_benchmark.py                  # full (reuses artefacts that exist)
@@ -218,12 +218,13 @@ def machine_info() -> str:
 
 
 def step_eval(model_dir: Path, scorer: Path, data_file: Path, results: Path, log: list, *, methods: Sequence[str],
-              ratios: Sequence[float], limit: int | None, concurrency: int, name: str) -> dict[str, Path]:
+              ratios: Sequence[float], limit: int | None, concurrency: int, name: str,
+              server_log: Path) -> dict[str, Path]:
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
     args = ["--scorer", str(scorer), *tiny_serve_args(max_images=1, served_model_name=SERVED_NAME)]
     server = VLLMServer(model_dir, args, command=[sys.executable, "-m", "vs_vllm", "serve"],
-                        log_path=results / f"{name}_server.log", env={"OMP_NUM_THREADS": "1"})
+                        log_path=server_log, env={"OMP_NUM_THREADS": "1"})
     serve_cmd = shlex.join(_rel([*server.command, str(model_dir), *args]))
     print(f"\n[benchmark] serve: {serve_cmd}", flush=True)
     t0 = time.perf_counter()
@@ -248,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: few images, few steps, separate directories")
     p.add_argument("--artifacts", default=None, help="artefact directory (default: benchmarks/synthetic/artifacts, "
                    "or artifacts/quick with --quick)")
-    p.add_argument("--results-dir", default=None, help="default: benchmarks/results (benchmarks/results/quick)")
+    p.add_argument("--results-dir", default=None,
+                   help="default: benchmarks/results (--quick: benchmarks/synthetic/artifacts/quick/results)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=None, help="train images (default: 4000; quick: 48)")
     p.add_argument("--n-test", type=int, default=None, help="test images (default: 500; quick: 8)")
@@ -269,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quick = args.quick
     artifacts = Path(args.artifacts) if args.artifacts else HERE / "artifacts" / ("quick" if quick else "")
-    results = Path(args.results_dir) if args.results_dir else REPO / "benchmarks" / "results" / ("quick" if quick else "")
+    results = Path(args.results_dir) if args.results_dir else (
+        artifacts / "results" if quick else REPO / "benchmarks" / "results")
     results.mkdir(parents=True, exist_ok=True)
     n_train = args.n_train or (48 if quick else 4000)
     n_test = args.n_test or (8 if quick else 500)
@@ -307,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "seconds": round(time.perf_counter() - tk0, 1), "rc": 0})
         tk_md = write_target_kept(tk_rows, results / "synthetic_target_kept.csv")
         paths = step_eval(base_dir, scorer, data_dir / "test_eval.jsonl", results, log, methods=methods,
-                          ratios=ratios, limit=args.limit, concurrency=args.concurrency, name="synthetic")
+                          ratios=ratios, limit=args.limit, concurrency=args.concurrency, name="synthetic",
+                          server_log=artifacts / "server.log")
     except PipelineError as exc:
         print(f"run_benchmark: error: {exc}", file=sys.stderr)
         return 2
@@ -315,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = time.perf_counter() - t0
     size_mb = (sum(f.stat().st_size for f in base_dir.iterdir() if f.is_file()) + scorer.stat().st_size) / 1e6
     by_split = base_info.get("test_acc_by_split", {})
-    mixed = by_split.get("test_mixed", {})
+    # Per-task accuracy only for a base model trained on the mixed tasks (a colour-only model never saw the others).
+    mixed = by_split.get("test_mixed", {}) if "mixed" in str(base_info.get("train_file")) else {}
     notes = [
         "## Pipeline",
         "",

@@ -89,13 +89,17 @@ def test_run_benchmark_quick(tmp_path):
          str(results), "--ratios", "1.0,0.2", "--methods", "visionselector,norm"],
         capture_output=True, text=True, timeout=900,
     )
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    if proc.returncode != 0:
+        (tmp_path / "run_benchmark.out").write_text(proc.stdout + "\n---- stderr ----\n" + proc.stderr)
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error" in ln.lower()]
+        pytest.fail(f"run_benchmark --quick exited {proc.returncode}; see {tmp_path / 'run_benchmark.out'}; "
+                    + "\n".join(errors[-10:]))
     rows = list(csv.DictReader(open(results / "synthetic_accuracy.csv")))
     assert [(r["method"], float(r["ratio"])) for r in rows] == [
         ("visionselector", 1.0), ("visionselector", 0.2), ("norm", 1.0), ("norm", 0.2)]
     assert all(int(r["n"]) == 8 for r in rows)
     md = (results / "synthetic_accuracy.md").read_text()
-    assert "## Pipeline" in md and "vs-vllm train" in md and "## Target kept" in md
+    assert "## Pipeline" in md and "-m vs_vllm train" in md and "## Target kept" in md
     assert (results / "synthetic_accuracy.png").stat().st_size > 0
     kept = list(csv.DictReader(open(results / "synthetic_target_kept.csv")))
     assert {(r["method"], r["ratio"]) for r in kept} >= {("visionselector", "0.2"), ("norm", "0.2")}
