@@ -66,14 +66,6 @@ def bench_arch():
     return QwenVLArch.from_sizes(BENCH_SIZES, vocab_size=768)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def ensure_bench_model(model_dir: str | Path, seed: int = 0, log=print) -> tuple[Path, Path]:
     """Build (once) the benchmark model in ``model_dir`` and a scorer file ``<model_dir>-scorer.safetensors``.
 
@@ -81,7 +73,7 @@ def ensure_bench_model(model_dir: str | Path, seed: int = 0, log=print) -> tuple
     and seed; otherwise it is rebuilt. The scorer has non-trivial random weights (std 0.05), so ``visionselector``
     produces a real, data-dependent ranking (its cost is what matters here, not its choices).
     """
-    from vs_vllm.testing.tiny_models import QwenVLSizes, build_tiny_model
+    from vs_vllm.testing.tiny_models import QwenVLSizes, build_tiny_model, to_jsonable
 
     model_dir = Path(model_dir)
     # Beside the directory, not in it: vLLM loads every *.safetensors file of a model directory as weights.
@@ -89,7 +81,7 @@ def ensure_bench_model(model_dir: str | Path, seed: int = 0, log=print) -> tuple
     marker = model_dir / "vs_vllm_tiny_model.json"
     from dataclasses import asdict, replace
 
-    want = {"arch": "qwen2_5_vl", "seed": seed, "sizes": _jsonable(asdict(replace(QwenVLSizes(), **BENCH_SIZES)))}
+    want = {"arch": "qwen2_5_vl", "seed": seed, "sizes": to_jsonable(asdict(replace(QwenVLSizes(), **BENCH_SIZES)))}
     if marker.exists() and scorer.exists() and (model_dir / "model.safetensors").exists():
         try:
             if json.loads(marker.read_text()) == want:

@@ -217,7 +217,7 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
             "size": {"shortest_edge": sizes.min_pixels, "longest_edge": sizes.max_pixels},
         },
     )
-    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2_5_vl", "seed": seed, "sizes": _jsonable(asdict(sizes))})
+    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2_5_vl", "seed": seed, "sizes": to_jsonable(asdict(sizes))})
 
 
 @_register("qwen2")
@@ -247,12 +247,12 @@ def _build_qwen2(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
     model.generation_config.do_sample = False
     model.save_pretrained(str(out), safe_serialization=True)
     _save_tokenizer(tokenizer, out, processor_class=None)
-    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2", "seed": seed, "sizes": _jsonable(asdict(sizes))})
+    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2", "seed": seed, "sizes": to_jsonable(asdict(sizes))})
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     return obj
