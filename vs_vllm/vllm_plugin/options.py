@@ -59,12 +59,6 @@ class SelectionOptions:
     selection_method: str = "visionselector"
     selection_seed: int | None = None
 
-    def as_kwargs(self) -> dict[str, object]:
-        out: dict[str, object] = {RATIO: self.retention_ratio, METHOD: self.selection_method}
-        if self.selection_seed is not None:
-            out[SEED] = self.selection_seed
-        return out
-
 
 def is_enabled(env: Mapping[str, str] | None = None) -> bool:
     value = (os.environ if env is None else env).get(ENV_ENABLE, "")

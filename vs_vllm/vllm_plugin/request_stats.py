@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["VisualTokenStats", "collecting", "current_stats", "record_visual_tokens"]
 
@@ -21,7 +21,6 @@ class VisualTokenStats:
     kept: int = 0
     total: int = 0
     images: int = 0
-    per_image: list[tuple[int, int]] = field(default_factory=list)
 
 
 _CURRENT: contextvars.ContextVar[VisualTokenStats | None] = contextvars.ContextVar("vs_vllm_stats", default=None)
@@ -49,7 +48,6 @@ def record_visual_tokens(kept: int, total: int) -> None:
     stats.kept += kept
     stats.total += total
     stats.images += 1
-    stats.per_image.append((kept, total))
     try:
         from vs_vllm.vllm_plugin.metrics import observe_visual_tokens
     except ImportError:  # metrics are optional (prometheus_client ships with vLLM)

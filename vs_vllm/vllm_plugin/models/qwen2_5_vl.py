@@ -298,19 +298,27 @@ class VsQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         if len(multimodal_embeddings) == 0:
-            return multimodal_embeddings, mrope_positions, _decode_delta(mrope_positions)
+            # The V1 runner calls this hook for every request of every step, decodes included: keep it O(1) then.
+            return multimodal_embeddings, mrope_positions, self._decode_delta(input_ids, mrope_positions)
         hidden = [mm[:, :-NUM_POSITION_CHANNELS] for mm in multimodal_embeddings]
         coords = _decode_channels(torch.cat([mm[:, -NUM_POSITION_CHANNELS:] for mm in multimodal_embeddings]))
         ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(input_ids, dtype=torch.long)
         positions = fill_media_positions(
             mrope_positions, ids, (self.config.image_token_id, self.config.video_token_id), coords, num_computed_tokens
         )
-        return hidden, positions, _decode_delta(positions)
+        return hidden, positions, self._decode_delta(input_ids, positions)
 
+    def _decode_delta(self, input_ids, positions: torch.Tensor) -> int:
+        """P_max + 1 - L: decoding continues one past the largest prompt position.
 
-def _decode_delta(positions: torch.Tensor) -> int:
-    """P_max + 1 - L: decoding continues one past the largest prompt position (one small reduction per prefill step)."""
-    return int(positions.max()) + 1 - positions.shape[1]
+        Text positions only grow and every media span sits below the text that follows it, so when the prompt ends
+        with text its last position is P_max (one element, no reduction). Only a prompt that ends inside a media span
+        needs the maximum.
+        """
+        length = positions.shape[1]
+        if int(input_ids[-1]) not in (self.config.image_token_id, self.config.video_token_id):
+            return int(positions[0, -1]) + 1 - length
+        return int(positions.max()) + 1 - length
 
 
 def _as_list(value: Any, count: int, default: Any) -> list:
