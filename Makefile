@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup demo test test-fast lint clean
 
 help:
-	@echo "make demo       build the tiny model, serve it with vLLM + the plugin, ask one question about an image"
+	@echo "make demo       serve the committed synthetic-benchmark model with vLLM + the plugin, sweep ratio x method"
 	@echo "make test       the whole test suite (CPU; builds the environment on first use)"
 	@echo "make test-fast  unit tests only (no vLLM server)"
 	@echo "make setup      build or check the CPU environment in $(VENV)"

@@ -69,27 +69,36 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="serve the tiny model with `vs-vllm serve` on 127.0.0.1 and sweep the per-request retention ratio",
-        description="Build the tiny model (if needed), start `vs-vllm serve` on a free loopback port, send the same "
-        "image and question at several retention ratios through the openai client, print ratio, visual tokens "
-        "kept/total, prompt tokens, time to first token and answer, then stop the server.",
+        help="serve a small model with `vs-vllm serve` on 127.0.0.1 and sweep the per-request retention ratio",
+        description="Start `vs-vllm serve` on a free loopback port with the synthetic-benchmark model committed under "
+        "benchmarks/synthetic/model (trained from scratch, with its VisionSelector scorer), ask fresh synthetic "
+        "images at several retention ratios with visionselector, norm and random, print accuracy, visual tokens "
+        "kept/total and time to first token, then stop the server. --random-model (or a checkout without that model) "
+        "serves the random-weight tiny model instead: one image, one row per ratio, answers that mean nothing.",
     )
-    p.add_argument("--model-dir", default=None, help="tiny model directory (default: .cache/tiny-qwen2_5_vl)")
-    p.add_argument("--question", default="What colour is the shape?")
-    p.add_argument("--max-tokens", type=int, default=12)
-    p.add_argument("--ratios", default="1.0,0.5,0.3,0.1,0.05", help="comma-separated ratios (default: %(default)s)")
-    p.add_argument("--method", default="uniform",
-                   help="selection method (default: %(default)s; visionselector needs a trained scorer)")
+    p.add_argument("--model-dir", default=None,
+                   help="model directory (default: benchmarks/synthetic/model; with --random-model: "
+                   ".cache/tiny-qwen2_5_vl, built if missing)")
+    p.add_argument("--random-model", action="store_true", help="serve the random-weight tiny model")
+    p.add_argument("--images", type=int, default=12, help="synthetic images per ratio and method (default: %(default)s)")
+    p.add_argument("--question", default=None, help="random model only (default: 'What colour is the shape?')")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--ratios", default=None,
+                   help="comma-separated ratios (default: 1,0.3,0.1,0.05; random model: 1,0.5,0.3,0.1,0.05)")
+    p.add_argument("--method", default=None,
+                   help="one selection method (default: visionselector, norm and random; random model: uniform)")
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from vs_vllm.demo import DEFAULT_MODEL_DIR, run_demo
+        from vs_vllm.demo import run_demo
         from vs_vllm.selection.budget import validate_ratio
 
-        ratios = [validate_ratio(float(r)) for r in args.ratios.split(",") if r.strip()]
-        model_dir = Path(args.model_dir) if args.model_dir else DEFAULT_MODEL_DIR
-        return run_demo(model_dir, args.question, args.max_tokens, ratios=ratios, method=args.method)
+        if args.images < 1:
+            raise SystemExit(f"vs-vllm demo: error: --images must be >= 1, got {args.images}")
+        ratios = [validate_ratio(float(r)) for r in args.ratios.split(",") if r.strip()] if args.ratios else None
+        return run_demo(Path(args.model_dir) if args.model_dir else None, args.question, args.max_tokens,
+                        ratios=ratios, method=args.method, random_model=args.random_model, n_images=args.images)
 
     p.set_defaults(handler=run)
 

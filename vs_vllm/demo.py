@@ -1,18 +1,36 @@
-"""``vs-vllm demo``: serve the tiny model with ``vs-vllm serve`` and sweep the per-request retention ratio.
+"""``vs-vllm demo``: serve a small Qwen2.5-VL with ``vs-vllm serve`` and sweep the per-request retention ratio.
 
-Builds the tiny offline Qwen2.5-VL (if needed), starts vLLM's OpenAI server with the plugin on a free 127.0.0.1 port,
-sends the same image and question at several ``retention_ratio`` values through the ``openai`` client (streaming, so
-time to first token is measured), prints one row per ratio, and stops the server — also on Ctrl-C or error.
+Default: the synthetic-benchmark model committed under ``benchmarks/synthetic/model/`` (a 1.4M-parameter Qwen2.5-VL
+trained from scratch on "What colour is the striped shape?" plus its VisionSelector scorer). The demo draws fresh
+images with the benchmark's generator (a seed the model never saw), starts vLLM's OpenAI server with the plugin on a
+free 127.0.0.1 port, asks every image at several ``retention_ratio`` values with ``visionselector`` and two
+training-free methods, prints accuracy, visual tokens kept and time to first token per ratio and method, and stops the
+server, also on Ctrl-C or error.
+
+``--random-model`` (or a checkout without the committed model) serves the random-weight tiny model instead: the same
+round trip, with answers that mean nothing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(".cache") / "tiny-qwen2_5_vl"
 DEFAULT_RATIOS = (1.0, 0.5, 0.3, 0.1, 0.05)
+SYNTHETIC_RATIOS = (1.0, 0.3, 0.1, 0.05)
+SYNTHETIC_METHODS = ("visionselector", "norm", "random")
+#: The repository's synthetic benchmark (generator + committed model); absent from a wheel-only install.
+SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic"
+SYNTHETIC_MODEL_DIR = SYNTHETIC_DIR / "model"
+#: Images for the demo come from this generator seed; the model was trained and tested on seed 0.
+DEMO_SEED = 1
+
+
+def synthetic_model_available(model_dir: Path = SYNTHETIC_MODEL_DIR) -> bool:
+    return all((model_dir / name).is_file() for name in ("model.safetensors", "scorer.safetensors", "config.json"))
 
 
 def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
@@ -24,11 +42,12 @@ def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
     return build_tiny_model(model_dir, arch="qwen2_5_vl", seed=seed)
 
 
-def ask(client, image_url: str, question: str, ratio: float, method: str, max_tokens: int) -> dict:
+def ask(client, image_url: str, question: str, ratio: float, method: str, max_tokens: int,
+        model: str = "tiny") -> dict:
     """One streamed chat request; returns TTFT, the answer, usage and the visual-token counts from the headers."""
     start = time.perf_counter()
     raw = client.chat.completions.with_raw_response.create(
-        model="tiny",
+        model=model,
         messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": image_url}},
             {"type": "text", "text": question},
@@ -59,7 +78,8 @@ def ask(client, image_url: str, question: str, ratio: float, method: str, max_to
     }
 
 
-def run_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFAULT_RATIOS, method: str = "uniform") -> int:
+def run_random_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFAULT_RATIOS,
+                    method: str = "uniform") -> int:
     from vs_vllm.testing.client import openai_client
     from vs_vllm.testing.images import shape_image, to_data_url
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
@@ -89,3 +109,97 @@ def run_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFAULT_RAT
               f"{row['answer']!r}")
     print("\nRandom weights: the answers mean nothing; the token counts, the per-request ratio and the round trip do.")
     return 0
+
+
+def _synthetic_generator():
+    spec = importlib.util.spec_from_file_location("vs_vllm_synthetic_generate", SYNTHETIC_DIR / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_samples(n_images: int, seed: int, model_dir: Path = SYNTHETIC_MODEL_DIR) -> tuple[str, list[tuple[str, str]]]:
+    """(question, [(image data URL, answer)]): the first ``n_images`` test images of generator seed ``seed``, drawn
+    with the generator settings the model in ``model_dir`` was trained on (its ``dataset.json``; the generator's
+    defaults without one)."""
+    import json
+
+    import numpy as np
+
+    from vs_vllm.testing.images import to_data_url
+
+    gen = _synthetic_generator()
+    info = model_dir / "dataset.json"
+    cfg = gen.config_from_info(json.loads(info.read_text())) if info.is_file() else gen.SyntheticConfig()
+    samples = []
+    for i in range(n_images):
+        # The generator's per-image stream (seed, split, index) of the test split.
+        image, meta = gen.render_sample(np.random.default_rng(np.random.SeedSequence([seed, 2, i])), cfg)
+        samples.append((to_data_url(image), meta["colour"]))
+    return cfg.prompt, samples
+
+
+def run_synthetic_demo(model_dir: Path = SYNTHETIC_MODEL_DIR, n_images: int = 12, ratios=SYNTHETIC_RATIOS,
+                       methods=SYNTHETIC_METHODS, max_tokens: int = 4) -> int:
+    """Accuracy of each method at each ratio on ``n_images`` fresh synthetic images, through ``vs-vllm serve``."""
+    import numpy as np
+
+    from vs_vllm.testing.client import openai_client
+    from vs_vllm.testing.server import VLLMServer, tiny_serve_args
+
+    question, samples = synthetic_samples(n_images, DEMO_SEED, model_dir)
+    server = VLLMServer(
+        model_dir,
+        [*tiny_serve_args(max_images=1), "--scorer", str(model_dir / "scorer.safetensors"),
+         "--no-enable-prefix-caching"],
+        command=[sys.executable, "-m", "vs_vllm", "serve"],
+    )
+    print(f"[demo] model: {model_dir} (trained on the synthetic benchmark; scorer: scorer.safetensors)")
+    print(f"[demo] starting `vs-vllm serve` on {server.base_url} (log: {server.log_path}) ...", flush=True)
+    t0 = time.monotonic()
+    rows = []
+    with server:
+        print(f"[demo] server healthy after {time.monotonic() - t0:.0f} s (pid {server.pid}); asking {n_images} "
+              f"images x {len(ratios)} ratios x {len(methods)} methods ...", flush=True)
+        client = openai_client(server.base_url)
+        ask(client, samples[0][0], question, 1.0, "uniform", 1)  # warm-up: one-time costs stay out of the timings
+        for ratio in ratios:
+            for method in (methods[:1] if ratio >= 1.0 else methods):
+                answers = [ask(client, url, question, ratio, method, max_tokens) for url, _ in samples]
+                rows.append({
+                    "ratio": ratio,
+                    "method": method if ratio < 1.0 else "(all tokens)",
+                    "correct": sum(a["answer"].strip() == truth for a, (_, truth) in zip(answers, samples)),
+                    "kept": answers[0]["kept"],
+                    "total": answers[0]["total"],
+                    "ttft_ms": float(np.median([a["ttft_ms"] for a in answers])),
+                    "first": answers[0]["answer"].strip(),
+                })
+    print()
+    print(f"question: {question!r}   {n_images} fresh 224x224 images (generator seed {DEMO_SEED}); "
+          f"first image's answer: {samples[0][1]!r}")
+    print(f"{'ratio':>6} {'method':>15} {'visual kept/total':>18} {'correct':>8} {'TTFT ms':>8}  first image")
+    for row in rows:
+        kept_total = f"{row['kept']}/{row['total']}"
+        print(f"{row['ratio']:>6.2f} {row['method']:>15} {kept_total:>18} {row['correct']:>4}/{n_images:<3} "
+              f"{row['ttft_ms']:>8.0f}  {row['first']!r}")
+    print("\n`correct` counts exact answers; the visual tokens each method keeps decide whether the one that shows the "
+          "answer survives.\nFull benchmark: benchmarks/results/synthetic_accuracy.md")
+    return 0
+
+
+def run_demo(model_dir: Path | None = None, question: str | None = None, max_tokens: int | None = None,
+             ratios=None, method: str | None = None, random_model: bool = False, n_images: int = 12) -> int:
+    """The synthetic-model demo when its files are present and nothing asks for the random model, else the random
+    tiny model."""
+    synthetic_dir = model_dir or SYNTHETIC_MODEL_DIR
+    if not random_model and synthetic_model_available(synthetic_dir):
+        return run_synthetic_demo(synthetic_dir, n_images=n_images, ratios=ratios or SYNTHETIC_RATIOS,
+                                  methods=(method,) if method else SYNTHETIC_METHODS, max_tokens=max_tokens or 4)
+    if not random_model:
+        print(f"[demo] no trained synthetic model in {synthetic_dir} (model.safetensors + scorer.safetensors): "
+              "serving the random-weight tiny model instead", flush=True)
+    return run_random_demo(model_dir or DEFAULT_MODEL_DIR,
+                           question or "What colour is the shape?", max_tokens or 12,
+                           ratios=ratios or DEFAULT_RATIOS, method=method or "uniform")

@@ -1,17 +1,36 @@
-"""Synthetic "find the coloured shape" VQA data, built to mislead training-free token-pruning heuristics.
+"""Synthetic "what colour is the striped shape?" VQA data, built to mislead training-free token-pruning heuristics.
 
-Each image holds ONE saturated coloured target (circle, square or triangle, ~28-40 px at 224x224, i.e. 1-4 of the
-8x8 LLM tokens) among achromatic distractor shapes on a textured grey background. The question is always
-"What colour is the coloured shape?" and the answer is one colour word (every palette word is a single token of the
-tiny tokenizer). Only the few tokens covering the target carry the answer, and everything else is built to look more
-"important" to a heuristic than the target:
+Each image (224x224 by default, so 8x8 = 64 LLM tokens of 28 px) holds:
 
-- ``norm`` keeps the tokens with the largest embedding norms: some distractors are solid bright white (high-contrast
-  edges, extreme pixel values), the usual source of large-norm tokens;
-- ``divprune`` / ``dart`` keep mutually dissimilar tokens: the distractors come in many grey shades and textures
-  (stripes, checkers, dots, noise, outlines), so a diversity criterion has many distinct candidates besides the target
-  and spends its budget on them;
-- ``uniform`` / ``random`` see the target only by chance (its position is uniform over the image).
+- ONE target: a shape (circle, square or triangle, 34-46 px, i.e. 2-4 LLM tokens) filled with stripes that alternate
+  a saturated palette colour (65% of each stripe pair) with white, at a random angle;
+- several *coloured decoys*: solid shapes in palette colours drawn independently of the target's colour (repeats
+  allowed), so they say nothing about the answer;
+- achromatic distractors: grey shapes in many textures (stripes, checkers, dots, noise, outlines) and solid bright
+  white ones with a dark rim, on a textured grey background.
+
+The benchmark question is always "What colour is the striped shape?" and the answer is one colour word (every palette
+word is a single token of the tiny tokenizer). Only the tokens covering the target carry the answer, and the scene is
+built so that a question-agnostic heuristic has many better-looking candidates:
+
+- ``norm``: the saturated solid decoys and the white distractors have the most extreme pixel values, the usual source
+  of large-norm tokens;
+- ``divprune`` / ``dart``: decoys in up to eight hues plus many grey textures give a diversity criterion a dozen
+  distinct candidates besides the target;
+- ``uniform`` / ``random``: the target's position is uniform over the image.
+
+A learned scorer can single out "coloured AND striped" from a token's own embedding; the heuristics cannot know that
+the question cares about stripes. ``target_style="solid"`` with ``coloured_decoys=0`` gives the earlier, easier scene
+(one solid coloured shape among grey distractors, "What colour is the coloured shape?"), in which the target is also
+the most salient token, so the heuristics keep it.
+
+The train split draws its number of coloured decoys per image (``train_coloured_decoys``, 0-6 by default) so that a
+model trained from scratch can start on images where the target is the only coloured object (see train_base.py's
+``--curriculum``); the test split always has ``coloured_decoys`` (6).
+
+Mixed question types (``*_mixed*.jsonl``) for multi-task experiments: "What shape is the striped shape?", "Is there a
+red square?" (about the coloured shapes, balanced yes/no), "Is there a white triangle?", "Is there a checkered
+circle?".
 
 The data is deterministic per seed: the same arguments give byte-identical PNGs and JSONL files.
 
@@ -22,7 +41,8 @@ Files written under ``out_dir``::
                          "<image>\\nQUESTION"}, {"from": "gpt", "value": ANSWER}]} (what `vs-vllm train` reads)
     {split}_eval.jsonl   {"id", "image", "question", "answer", "meta"} (what `vs-vllm eval` reads; it reads the LLaVA
                          files too); meta has the target's colour, shape, bbox and the LLM-token cells it covers
-    dataset.json         the generation arguments, counts, palette and the question
+    {split}_mixed.jsonl, {split}_mixed_eval.jsonl   the same with one record per image and question type
+    dataset.json         the generation arguments, counts, palette, the question and GENERATOR_VERSION
 
 Usage: python benchmarks/synthetic/generate.py OUT_DIR --train 4000 --test 500 --seed 0
 """
@@ -42,14 +62,27 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "DEFAULT_TASKS",
+    "GENERATOR_VERSION",
     "PALETTE",
-    "QUESTION",
+    "QUESTIONS",
     "SyntheticConfig",
+    "TASKS",
+    "config_from_info",
     "generate_dataset",
+    "make_question",
     "render_sample",
 ]
 
-QUESTION = "What colour is the coloured shape?"
+#: Bumped whenever the same arguments would draw different images (run_benchmark.py regenerates stale data).
+GENERATOR_VERSION = 2
+
+#: The benchmark question per target style.
+QUESTIONS = {
+    "striped": "What colour is the striped shape?",
+    "solid": "What colour is the coloured shape?",
+}
+TARGET_STYLES = tuple(QUESTIONS)
 
 #: Well-separated saturated hues (about 45 degrees apart), each a single token in the tiny tokenizer.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -73,9 +106,13 @@ TOKEN_PX = 28
 TEXTURE_WORDS = {"hstripes": "striped", "vstripes": "striped", "dstripes": "striped", "checker": "checkered",
                  "dots": "dotted", "white": "white"}
 
-#: Question types of the mixed (multi-task) split. Only "colour" is benchmarked; the others make a general model
-#: encode the distractors too (their whiteness, texture and shape), as a real VLM encodes everything in an image.
-TASKS = ("colour", "shape", "white", "texture")
+#: Question types of the mixed (multi-task) files. Only "colour" is benchmarked; the others make a general model
+#: encode the rest of the scene too (the target's shape, the coloured decoys, the grey distractors' textures), as a
+#: real VLM encodes everything in an image.
+TASKS = ("colour", "shape", "decoy", "white", "texture")
+
+#: The mixed files' default: the benchmark question plus one about the coloured decoys.
+DEFAULT_TASKS = ("colour", "decoy")
 
 
 @dataclass(frozen=True)
@@ -83,27 +120,53 @@ class SyntheticConfig:
     """Generation knobs. Sizes are in pixels of the written image."""
 
     image_size: int = 224
-    object_size: tuple[int, int] = (28, 40)  # target side / diameter range (inclusive)
-    distractor_count: int = 8
-    distractor_size: tuple[int, int] = (26, 48)
-    white_fraction: float = 0.35  # share of distractors that are solid bright white
+    target_style: str = "striped"  # "striped" (colour/white stripes) or "solid" (the earlier scene)
+    object_size: tuple[int, int] = (34, 46)  # target side / diameter range (inclusive)
+    stripe_period: tuple[int, int] = (6, 9)  # pixels per colour + white stripe pair
+    stripe_duty: float = 0.65  # coloured share of each stripe pair
+    coloured_decoys: int = 6  # per test image
+    # Per train image, drawn uniformly from LO..HI: the images with few decoys teach a model from scratch the
+    # "striped" cue (with none, the only coloured thing is the target); at a fixed 6 it stays at chance for
+    # thousands of steps. None = coloured_decoys for the train split too.
+    train_coloured_decoys: tuple[int, int] | None = (0, 6)
+    decoy_size: tuple[int, int] = (26, 40)
+    distractor_count: int = 4
+    distractor_size: tuple[int, int] = (26, 44)
+    white_fraction: float = 0.35  # share of achromatic distractors that are solid bright white
     texture_strength: float = 0.5  # 0 = flat background, 1 = strong grey texture
-    colour_jitter: int = 12  # +- per channel on the target colour
+    colour_jitter: int = 12  # +- per channel on every palette colour
     colours: tuple[str, ...] = tuple(PALETTE)
-    question: str = QUESTION
+    question: str = ""  # "" = QUESTIONS[target_style]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return self.question or QUESTIONS[self.target_style]
 
     def validate(self) -> None:
         if self.image_size < 56:
             raise ValueError(f"image_size must be >= 56, got {self.image_size}")
-        lo, hi = self.object_size
-        if not 4 <= lo <= hi <= self.image_size // 2:
-            raise ValueError(f"object_size {self.object_size} must satisfy 4 <= lo <= hi <= image_size/2")
-        dlo, dhi = self.distractor_size
-        if not 4 <= dlo <= dhi <= self.image_size // 2:
-            raise ValueError(f"distractor_size {self.distractor_size} must satisfy 4 <= lo <= hi <= image_size/2")
-        if self.distractor_count < 0:
-            raise ValueError("distractor_count must be >= 0")
+        if self.target_style not in TARGET_STYLES:
+            raise ValueError(f"target_style must be one of {list(TARGET_STYLES)}, got {self.target_style!r}")
+        for name in ("object_size", "decoy_size", "distractor_size"):
+            lo, hi = getattr(self, name)
+            if not 4 <= lo <= hi <= self.image_size // 2:
+                raise ValueError(f"{name} {getattr(self, name)} must satisfy 4 <= lo <= hi <= image_size/2")
+        plo, phi = self.stripe_period
+        if not 2 <= plo <= phi <= self.object_size[0] // 2:
+            raise ValueError(f"stripe_period {self.stripe_period} must satisfy 2 <= lo <= hi <= object_size[0]/2 "
+                             "(at least two stripe pairs across the smallest target)")
+        if not 0.0 < self.stripe_duty < 1.0:
+            raise ValueError(f"stripe_duty must be in (0, 1), got {self.stripe_duty}")
+        if self.distractor_count < 0 or self.coloured_decoys < 0:
+            raise ValueError("distractor_count and coloured_decoys must be >= 0")
+        if self.train_coloured_decoys is not None:
+            lo, hi = self.train_coloured_decoys
+            if not 0 <= lo <= hi:
+                raise ValueError(f"train_coloured_decoys {self.train_coloured_decoys} must satisfy 0 <= lo <= hi")
+        if self.target_style == "solid" and (self.coloured_decoys or any(self.train_coloured_decoys or ())):
+            raise ValueError("target_style 'solid' asks for 'the coloured shape': it needs coloured_decoys=0 and "
+                             "train_coloured_decoys=None or (0, 0)")
         if not 0.0 <= self.texture_strength <= 1.0:
             raise ValueError("texture_strength must be in [0, 1]")
         if not 0.0 <= self.white_fraction <= 1.0:
@@ -111,6 +174,24 @@ class SyntheticConfig:
         unknown = [c for c in self.colours if c not in PALETTE]
         if unknown or not self.colours:
             raise ValueError(f"colours must be a non-empty subset of {list(PALETTE)}, got {list(self.colours)}")
+
+
+_TUPLE_KNOBS = ("object_size", "stripe_period", "decoy_size", "distractor_size", "colours", "train_coloured_decoys")
+
+
+def config_from_info(info: Mapping[str, Any]) -> SyntheticConfig:
+    """The :class:`SyntheticConfig` a ``dataset.json`` was generated with (version 1 files: the solid-target scene)."""
+    knobs = {k: v for k, v in info["config"].items() if k in SyntheticConfig.__dataclass_fields__}
+    if int(info.get("version", 1)) == 1:
+        knobs.update(target_style="solid", coloured_decoys=0, train_coloured_decoys=None)
+        if knobs.get("question") == QUESTIONS["solid"]:
+            knobs["question"] = ""
+    for key in _TUPLE_KNOBS:
+        if knobs.get(key) is not None:
+            knobs[key] = tuple(knobs[key])
+    cfg = SyntheticConfig(**knobs)
+    cfg.validate()
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -211,6 +292,15 @@ def _place(rng: np.random.Generator, side: int, size: int, boxes: list[tuple[int
     return None
 
 
+def _place_object(rng: np.random.Generator, side_range: tuple[int, int], size: int, boxes: list):
+    """(x, y, side, shape) of a new object that overlaps none of ``boxes``, or None when it does not fit."""
+    side = int(rng.integers(side_range[0], side_range[1] + 1))
+    pos = _place(rng, side, size, boxes)
+    if pos is None:
+        return None
+    return pos[0], pos[1], side, SHAPES[int(rng.integers(len(SHAPES)))]
+
+
 def _token_cells(mask_full: np.ndarray, min_pixels: int = 20) -> list[int]:
     """Raster indices of the TOKEN_PX x TOKEN_PX cells holding at least ``min_pixels`` target pixels."""
     size = mask_full.shape[0]
@@ -223,8 +313,25 @@ def _token_cells(mask_full: np.ndarray, min_pixels: int = 20) -> list[int]:
     return cells
 
 
-def render_sample(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, dict[str, Any]]:
-    """Draw one image; returns it and its metadata (answer colour, shape, bbox, token cells, distractors)."""
+def _jittered(rng: np.random.Generator, colour: str, jitter: int) -> np.ndarray:
+    base = np.array(PALETTE[colour], dtype=np.float64)
+    if jitter:
+        base = base + rng.integers(-jitter, jitter + 1, size=3)
+    return np.clip(base, 0, 255)
+
+
+def _stripes(side: int, period: int, angle: float, phase: float, duty: float) -> np.ndarray:
+    """Boolean [side, side]: True on the coloured ``duty`` share of each ``period``-pixel stripe pair at ``angle``."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    t = (xx * math.cos(angle) + yy * math.sin(angle)) / period + phase
+    return (t - np.floor(t)) < duty
+
+
+def render_sample(rng: np.random.Generator, cfg: SyntheticConfig,
+                  coloured_decoys: int | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """Draw one image; returns it and its metadata (answer colour, shape, bbox, token cells, decoys, distractors).
+
+    ``coloured_decoys`` overrides ``cfg.coloured_decoys`` (the train split draws it per image)."""
     size = cfg.image_size
     img = _background(rng, size, cfg.texture_strength)
 
@@ -234,15 +341,14 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image
     rot = float(rng.uniform(0, 2 * math.pi))
     tx, ty = _place(rng, side, size, [])  # the first object always fits
     boxes = [(tx, ty, tx + side, ty + side)]
+    rgb = _jittered(rng, colour, cfg.colour_jitter)
 
     distractors = []
     for _ in range(cfg.distractor_count):
-        dside = int(rng.integers(cfg.distractor_size[0], cfg.distractor_size[1] + 1))
-        pos = _place(rng, dside, size, boxes)
-        if pos is None:
+        placed = _place_object(rng, cfg.distractor_size, size, boxes)
+        if placed is None:
             continue
-        dx, dy = pos
-        dshape = SHAPES[int(rng.integers(len(SHAPES)))]
+        dx, dy, dside, dshape = placed
         white = bool(rng.random() < cfg.white_fraction)
         kind = "white" if white else TEXTURES[int(rng.integers(len(TEXTURES)))]
         mask = _shape_mask(dshape, dside, float(rng.uniform(0, 2 * math.pi)))
@@ -257,51 +363,86 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image
         boxes.append((dx, dy, dx + dside, dy + dside))
         distractors.append({"shape": dshape, "texture": kind, "bbox": [dx, dy, dx + dside, dy + dside]})
 
+    decoys = []
+    for _ in range(cfg.coloured_decoys if coloured_decoys is None else coloured_decoys):
+        placed = _place_object(rng, cfg.decoy_size, size, boxes)
+        if placed is None:
+            continue
+        dx, dy, dside, dshape = placed
+        dcolour = str(cfg.colours[int(rng.integers(len(cfg.colours)))])
+        drgb = _jittered(rng, dcolour, cfg.colour_jitter)
+        while np.array_equal(drgb, rgb):  # keep the target's exact pixel value unique to the target
+            drgb = _jittered(rng, dcolour, max(cfg.colour_jitter, 1))
+        mask = _shape_mask(dshape, dside, float(rng.uniform(0, 2 * math.pi)))
+        img[dy:dy + dside, dx:dx + dside][mask] = drgb
+        boxes.append((dx, dy, dx + dside, dy + dside))
+        decoys.append({"shape": dshape, "colour": dcolour, "rgb": [int(v) for v in drgb],
+                       "bbox": [dx, dy, dx + dside, dy + dside]})
+
     # The target last, so nothing covers it.
-    base = np.array(PALETTE[colour], dtype=np.float64)
-    jitter = rng.integers(-cfg.colour_jitter, cfg.colour_jitter + 1, size=3) if cfg.colour_jitter else 0
-    rgb = np.clip(base + jitter, 0, 255)
     tmask = _shape_mask(shape, side, rot)
-    img[ty:ty + side, tx:tx + side][tmask] = rgb
+    fill = np.broadcast_to(rgb, (side, side, 3)).copy()
+    style: dict[str, Any] = {"style": cfg.target_style}
+    if cfg.target_style == "striped":
+        period = int(rng.integers(cfg.stripe_period[0], cfg.stripe_period[1] + 1))
+        angle = float(rng.uniform(0, math.pi))
+        on = _stripes(side, period, angle, float(rng.uniform(0, 1)), cfg.stripe_duty)
+        fill[~on] = 255.0
+        coloured = tmask & on
+        style.update(stripe_period=period, stripe_angle=round(math.degrees(angle), 2))
+    else:
+        coloured = tmask
+    img[ty:ty + side, tx:tx + side][tmask] = fill[tmask]
 
     full = np.zeros((size, size), dtype=bool)
     full[ty:ty + side, tx:tx + side] = tmask
+    coloured_full = np.zeros((size, size), dtype=bool)
+    coloured_full[ty:ty + side, tx:tx + side] = coloured
     out = Image.fromarray(np.rint(img).astype(np.uint8), mode="RGB")
     meta = {
         "colour": colour,
         "rgb": [int(v) for v in rgb],
         "shape": shape,
+        **style,
         "bbox": [tx, ty, tx + side, ty + side],
         "token_grid": [size // TOKEN_PX, size // TOKEN_PX],
-        "target_tokens": _token_cells(full),
+        # Cells with >= 20 pixels of the target's colour: the tokens from which its colour can be read.
+        "target_tokens": _token_cells(coloured_full),
+        "decoys": decoys,
         "distractors": distractors,
     }
     return out, meta
 
 
-def make_question(task: str, meta: dict[str, Any], rng: np.random.Generator, question: str = QUESTION):
+def make_question(task: str, meta: dict[str, Any], rng: np.random.Generator, question: str = QUESTIONS["striped"]):
     """(question, answer) of type ``task`` about an image's metadata; every answer is a single word.
 
-    The existence questions ("Is there a white triangle?", "Is there a striped square?") ask, with probability 1/2,
-    about a combination present in the image (when there is one), otherwise about an absent one, so yes/no is balanced.
+    The existence questions ("Is there a red square?", "Is there a white triangle?", "Is there a striped square?")
+    ask, with probability 1/2, about a combination present in the image (when there is one), otherwise about an
+    absent one, so yes/no is balanced. "decoy" questions count the target too: a red striped square is a red square.
     """
+    described = "striped" if meta.get("style", "solid") == "striped" else "coloured"
     if task == "colour":
         return question, meta["colour"]
     if task == "shape":
-        return "What shape is the coloured shape?", meta["shape"]
-    if task in ("white", "texture"):
-        present = sorted({(TEXTURE_WORDS[d["texture"]], d["shape"]) for d in meta["distractors"]
-                          if d["texture"] in TEXTURE_WORDS})
+        return f"What shape is the {described} shape?", meta["shape"]
+    if task == "decoy":
+        present = {(d["colour"], d["shape"]) for d in meta.get("decoys", [])} | {(meta["colour"], meta["shape"])}
+        combos = [(c, sh) for c in PALETTE for sh in SHAPES]
+    elif task in ("white", "texture"):
+        present = {(TEXTURE_WORDS[d["texture"]], d["shape"]) for d in meta["distractors"]
+                   if d["texture"] in TEXTURE_WORDS}
         words = ["white"] if task == "white" else sorted({w for w in TEXTURE_WORDS.values() if w != "white"})
         combos = [(w, sh) for w in words for sh in SHAPES]
-        have = [c for c in combos if c in present]
-        absent = [c for c in combos if c not in present]
-        if have and (not absent or rng.random() < 0.5):
-            (word, shape), answer = have[int(rng.integers(len(have)))], "yes"
-        else:
-            (word, shape), answer = absent[int(rng.integers(len(absent)))], "no"
-        return f"Is there a {word} {shape}?", answer
-    raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    else:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    have = [c for c in combos if c in present]
+    absent = [c for c in combos if c not in present]
+    if have and (not absent or rng.random() < 0.5):
+        (word, shape), answer = have[int(rng.integers(len(have)))], "yes"
+    else:
+        (word, shape), answer = absent[int(rng.integers(len(absent)))], "no"
+    return f"Is there a {word} {shape}?", answer
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -309,7 +450,8 @@ def make_question(task: str, meta: dict[str, Any], rng: np.random.Generator, que
 
 
 def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    split_id = {"train": 1, "test": 2, "train-questions": 3, "test-questions": 4}.get(split, sum(split.encode()) + 5)
+    split_id = {"train": 1, "test": 2, "train-questions": 3, "test-questions": 4, "train-decoys": 5}.get(
+        split, sum(split.encode()) + 6)
     return np.random.default_rng(np.random.SeedSequence([int(seed), split_id, int(index)]))
 
 
@@ -333,7 +475,7 @@ def generate_dataset(
     n_test: int = 500,
     seed: int = 0,
     *,
-    tasks: Sequence[str] = TASKS,
+    tasks: Sequence[str] = DEFAULT_TASKS,
     progress: bool = False,
     **knobs: Any,
 ) -> dict[str, Path]:
@@ -344,8 +486,8 @@ def generate_dataset(
     unknown = set(knobs) - set(SyntheticConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown generator knobs {sorted(unknown)}; known: {sorted(SyntheticConfig.__dataclass_fields__)}")
-    for key in ("object_size", "distractor_size", "colours"):
-        if key in knobs:
+    for key in _TUPLE_KNOBS:
+        if key in knobs and knobs[key] is not None:
             knobs[key] = tuple(knobs[key])
     cfg = SyntheticConfig(**knobs)
     cfg.validate()
@@ -367,16 +509,20 @@ def generate_dataset(
 
             it = tqdm(it, desc=f"generate {split}", unit="img")
         for i in it:
-            img, meta = render_sample(_sample_rng(seed, split, i), cfg)
+            decoys = None
+            if split == "train" and cfg.train_coloured_decoys is not None:
+                lo, hi = cfg.train_coloured_decoys
+                decoys = int(_sample_rng(seed, "train-decoys", i).integers(lo, hi + 1))
+            img, meta = render_sample(_sample_rng(seed, split, i), cfg, coloured_decoys=decoys)
             rel = f"images/{split}_{i:05d}.png"
             img.save(out / rel, format="PNG", optimize=False, compress_level=6)
             sid = f"{split}-{i:05d}"
-            llava.append(_llava(sid, rel, cfg.question, meta["colour"]))
-            evalrecs.append({"id": sid, "image": rel, "question": cfg.question, "answer": meta["colour"],
+            llava.append(_llava(sid, rel, cfg.prompt, meta["colour"]))
+            evalrecs.append({"id": sid, "image": rel, "question": cfg.prompt, "answer": meta["colour"],
                              "meta": meta})
             qrng = _sample_rng(seed, split + "-questions", i)
             for task in tasks:
-                q, a = make_question(task, meta, qrng, cfg.question)
+                q, a = make_question(task, meta, qrng, cfg.prompt)
                 mixed.append(_llava(f"{sid}-{task}", rel, q, a))
                 mixed_eval.append({"id": f"{sid}-{task}", "image": rel, "question": q, "answer": a, "task": task})
         _write_jsonl(out / f"{split}.jsonl", llava)
@@ -390,6 +536,8 @@ def generate_dataset(
             paths[f"{split}_mixed_eval"] = out / f"{split}_mixed_eval.jsonl"
     info = {
         "generator": "benchmarks/synthetic/generate.py",
+        "version": GENERATOR_VERSION,
+        "question": cfg.prompt,
         "seed": seed,
         "n_train": n_train,
         "n_test": n_test,
@@ -426,21 +574,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=500, help="test images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
-    p.add_argument("--object-size", type=_pair, default=SyntheticConfig.object_size, help="LO,HI pixels")
-    p.add_argument("--distractor-count", type=int, default=SyntheticConfig.distractor_count)
+    p.add_argument("--target-style", choices=TARGET_STYLES, default=SyntheticConfig.target_style,
+                   help="striped target among coloured decoys, or the earlier solid target (needs --coloured-decoys 0)")
+    p.add_argument("--object-size", type=_pair, default=SyntheticConfig.object_size, help="target LO,HI pixels")
+    p.add_argument("--stripe-period", type=_pair, default=SyntheticConfig.stripe_period,
+                   help="LO,HI pixels per colour + white stripe pair")
+    p.add_argument("--stripe-duty", type=float, default=SyntheticConfig.stripe_duty,
+                   help="coloured share of each stripe pair (default: %(default)s)")
+    p.add_argument("--coloured-decoys", type=int, default=SyntheticConfig.coloured_decoys, help="per test image")
+    p.add_argument("--train-coloured-decoys", type=_pair, default=SyntheticConfig.train_coloured_decoys,
+                   help="LO,HI per train image, drawn uniformly (default: %(default)s)")
+    p.add_argument("--decoy-size", type=_pair, default=SyntheticConfig.decoy_size, help="LO,HI pixels")
+    p.add_argument("--distractor-count", type=int, default=SyntheticConfig.distractor_count,
+                   help="achromatic distractors")
     p.add_argument("--distractor-size", type=_pair, default=SyntheticConfig.distractor_size, help="LO,HI pixels")
     p.add_argument("--white-fraction", type=float, default=SyntheticConfig.white_fraction)
     p.add_argument("--texture-strength", type=float, default=SyntheticConfig.texture_strength)
     p.add_argument("--colour-jitter", type=int, default=SyntheticConfig.colour_jitter)
-    p.add_argument("--tasks", default=",".join(TASKS),
-                   help="question types of the *_mixed files (default: %(default)s; empty: no mixed files)")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help=f"question types of the *_mixed files (default: %(default)s; known: {','.join(TASKS)}; "
+                   "empty: no mixed files)")
     args = p.parse_args(argv)
     paths = generate_dataset(
         args.out_dir, args.train, args.test, args.seed, progress=True,
         tasks=[t for t in args.tasks.split(",") if t.strip()],
-        image_size=args.image_size, object_size=args.object_size, distractor_count=args.distractor_count,
-        distractor_size=args.distractor_size, white_fraction=args.white_fraction,
-        texture_strength=args.texture_strength, colour_jitter=args.colour_jitter,
+        image_size=args.image_size, target_style=args.target_style, object_size=args.object_size,
+        stripe_period=args.stripe_period, stripe_duty=args.stripe_duty, coloured_decoys=args.coloured_decoys,
+        train_coloured_decoys=args.train_coloured_decoys, decoy_size=args.decoy_size,
+        distractor_count=args.distractor_count, distractor_size=args.distractor_size,
+        white_fraction=args.white_fraction, texture_strength=args.texture_strength, colour_jitter=args.colour_jitter,
     )
     for k, v in paths.items():
         print(f"{k}: {v}")

@@ -1,4 +1,4 @@
-"""The synthetic "what colour is the coloured shape?" generator (benchmarks/synthetic/generate.py)."""
+"""The synthetic "what colour is the striped shape?" generator (benchmarks/synthetic/generate.py)."""
 
 from __future__ import annotations
 
@@ -54,14 +54,20 @@ def test_knobs_change_the_output(gen, dataset, tmp_path):
         "texture": dict(seed=7, texture_strength=0.0),
         "distractors": dict(seed=7, distractor_count=2),
         "object_size": dict(seed=7, object_size=(44, 50)),
+        "decoys": dict(seed=7, coloured_decoys=2),
+        "stripes": dict(seed=7, stripe_period=(12, 14)),
     }
     for name, kw in variants.items():
         out = tmp_path / name
         gen.generate_dataset(out, n_train=6, n_test=4, **kw)
         other = _files(out)
-        assert other["images/train_00000.png"] != base["images/train_00000.png"], name
+        assert other["images/test_00000.png"] != base["images/test_00000.png"], name
     recs = _read_jsonl(tmp_path / "distractors" / "test_eval.jsonl")
     assert all(len(r["meta"]["distractors"]) <= 2 for r in recs)
+    recs = _read_jsonl(tmp_path / "decoys" / "test_eval.jsonl")
+    assert all(len(r["meta"]["decoys"]) <= 2 for r in recs)
+    recs = _read_jsonl(tmp_path / "stripes" / "test_eval.jsonl")
+    assert all(12 <= r["meta"]["stripe_period"] <= 14 for r in recs)
     recs = _read_jsonl(tmp_path / "object_size" / "test_eval.jsonl")
     assert all(44 <= r["meta"]["bbox"][2] - r["meta"]["bbox"][0] <= 50 for r in recs)
     gen.generate_dataset(tmp_path / "small", n_train=1, n_test=1, seed=7, image_size=112, object_size=(20, 24))
@@ -70,30 +76,65 @@ def test_knobs_change_the_output(gen, dataset, tmp_path):
         gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=1, colour="red")
 
 
+def _colour_hits(img: np.ndarray, rgb) -> np.ndarray:
+    return (img == np.array(rgb)).all(axis=-1)
+
+
 def test_target_colour_is_where_stated(gen, dataset):
     for rec in _read_jsonl(dataset / "train_eval.jsonl") + _read_jsonl(dataset / "test_eval.jsonl"):
         meta = rec["meta"]
         img = np.asarray(Image.open(dataset / rec["image"]).convert("RGB")).astype(int)
         rgb = np.array(meta["rgb"])
         assert rec["answer"] == meta["colour"] and np.abs(rgb - np.array(gen.PALETTE[meta["colour"]])).max() <= 12
+        assert meta["style"] == "striped"
         x0, y0, x1, y1 = meta["bbox"]
-        hit = (img == rgb).all(axis=-1)
-        inside = hit[y0:y1, x0:x1].sum()
-        # A triangle inscribed in its box covers ~32% of it, a circle ~78%, a square 100%.
-        assert inside >= 0.25 * (x1 - x0) * (y1 - y0), rec["id"]
+        hit = _colour_hits(img, rgb)
+        box = hit[y0:y1, x0:x1]
+        # Half of a striped shape is colour; a triangle inscribed in its box covers ~32% of it, a square 100%.
+        assert box.sum() >= 0.1 * (x1 - x0) * (y1 - y0), rec["id"]
+        # Striped: the colour alternates with white inside the target (both present in the same rows/columns).
+        white = (img[y0:y1, x0:x1] == 255).all(axis=-1)
+        assert white.sum() >= 0.05 * (x1 - x0) * (y1 - y0), rec["id"]
         outside = hit.copy()
         outside[y0:y1, x0:x1] = False
-        assert not outside.any(), f"{rec['id']}: target colour outside its bbox"
-        # Everything but the target is achromatic (background and distractors are grey levels).
+        assert not outside.any(), f"{rec['id']}: the target's exact colour outside its bbox"
+        # Chromatic pixels only on the target and the coloured decoys; each decoy is solid in its own colour.
         chroma = img.max(axis=-1) - img.min(axis=-1)
         chroma[y0:y1, x0:x1] = 0
+        if rec["id"].startswith("test"):
+            assert len(meta["decoys"]) >= 3
+        assert len(meta["decoys"]) <= 6
+        for d in meta["decoys"]:
+            dx0, dy0, dx1, dy1 = d["bbox"]
+            assert d["colour"] in gen.PALETTE and d["shape"] in gen.SHAPES
+            assert _colour_hits(img[dy0:dy1, dx0:dx1], d["rgb"]).sum() >= 0.25 * (dx1 - dx0) * (dy1 - dy0)
+            chroma[dy0:dy1, dx0:dx1] = 0
         assert chroma.max() == 0, rec["id"]
-        # The listed LLM-token cells (28 px) hold target pixels.
+        # The listed LLM-token cells (28 px) hold target-coloured pixels.
         g = meta["token_grid"][1]
         assert meta["target_tokens"]
         for cell in meta["target_tokens"]:
             r, c = divmod(cell, g)
             assert hit[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].sum() >= 20
+
+
+def test_solid_style_is_the_earlier_scene(gen, tmp_path):
+    gen.generate_dataset(tmp_path, n_train=2, n_test=2, seed=3, target_style="solid", coloured_decoys=0,
+                         train_coloured_decoys=None)
+    for rec in _read_jsonl(tmp_path / "test_eval.jsonl"):
+        assert rec["question"] == gen.QUESTIONS["solid"] and rec["meta"]["decoys"] == []
+        img = np.asarray(Image.open(tmp_path / rec["image"]).convert("RGB")).astype(int)
+        x0, y0, x1, y1 = rec["meta"]["bbox"]
+        chroma = img.max(axis=-1) - img.min(axis=-1)
+        assert chroma[y0:y1, x0:x1].max() > 100
+        chroma[y0:y1, x0:x1] = 0
+        assert chroma.max() == 0
+    with pytest.raises(ValueError, match="coloured_decoys=0"):
+        gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=0, target_style="solid")
+    with pytest.raises(ValueError, match="coloured_decoys=0"):
+        gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=0, target_style="solid", coloured_decoys=0)
+    with pytest.raises(ValueError, match="stripe_period"):
+        gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=0, stripe_period=(1, 3))
 
 
 def test_jsonl_fields(gen, dataset):
@@ -102,16 +143,17 @@ def test_jsonl_fields(gen, dataset):
     for r in train:
         assert set(r) == {"id", "image", "conversations"}
         human, gpt = r["conversations"]
-        assert human == {"from": "human", "value": "<image>\n" + gen.QUESTION}
+        assert human == {"from": "human", "value": "<image>\n" + gen.QUESTIONS["striped"]}
         assert gpt["from"] == "gpt" and gpt["value"] in gen.PALETTE
         assert (dataset / r["image"]).is_file()
     ev = _read_jsonl(dataset / "test_eval.jsonl")
     assert len(ev) == 4
     for r in ev:
         assert {"id", "image", "question", "answer", "meta"} <= set(r)
-        assert r["question"] == gen.QUESTION
+        assert r["question"] == gen.QUESTIONS["striped"]
     info = json.loads((dataset / "dataset.json").read_text())
     assert info["seed"] == 7 and info["n_train"] == 6 and info["config"]["image_size"] == 224
+    assert info["version"] == gen.GENERATOR_VERSION and info["question"] == gen.QUESTIONS["striped"]
     # The eval loader reads both files.
     from vs_vllm.evaluation.data import load_samples
 
@@ -127,22 +169,45 @@ def test_colour_words_are_single_tokens(gen):
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
-def test_mixed_task_records(gen, dataset):
-    """The multi-task split: one record per task per image, answers consistent with the image metadata."""
+def test_mixed_task_records(gen, dataset, tmp_path):
+    """The multi-task files: one record per task per image, answers consistent with the image metadata."""
     mixed = _read_jsonl(dataset / "train_mixed.jsonl")
-    assert len(mixed) == 6 * len(gen.TASKS)
+    assert len(mixed) == 6 * len(gen.DEFAULT_TASKS)
     assert all(set(r) == {"id", "image", "conversations"} for r in mixed)
-    meta = {r["image"]: r["meta"] for r in _read_jsonl(dataset / "test_eval.jsonl")}
-    for r in _read_jsonl(dataset / "test_mixed_eval.jsonl"):
+    gen.generate_dataset(tmp_path, n_train=0, n_test=12, seed=7, tasks=gen.TASKS)
+    meta = {r["image"]: r["meta"] for r in _read_jsonl(tmp_path / "test_eval.jsonl")}
+    records = _read_jsonl(tmp_path / "test_mixed_eval.jsonl")
+    assert len(records) == 12 * len(gen.TASKS)
+    answers = {}
+    for r in records:
         m = meta[r["image"]]
+        answers.setdefault(r["task"], []).append(r["answer"])
         if r["task"] == "colour":
             assert r["answer"] == m["colour"]
         elif r["task"] == "shape":
-            assert r["answer"] == m["shape"]
+            assert r["question"] == "What shape is the striped shape?" and r["answer"] == m["shape"]
+        elif r["task"] == "decoy":
+            _, colour, shape = r["question"].rstrip("?").rsplit(" ", 2)
+            present = (colour, shape) == (m["colour"], m["shape"]) or any(
+                (d["colour"], d["shape"]) == (colour, shape) for d in m["decoys"])
+            assert r["answer"] == ("yes" if present else "no"), r
         else:
             _, word, shape = r["question"].rstrip("?").rsplit(" ", 2)
             present = any(gen.TEXTURE_WORDS.get(d["texture"]) == word and d["shape"] == shape
                           for d in m["distractors"])
             assert r["answer"] == ("yes" if present else "no"), r
+    # Existence questions are not all one answer.
+    assert {"yes", "no"} <= set(answers["decoy"])
     with pytest.raises(ValueError, match="unknown tasks"):
         gen.generate_dataset(dataset / "x", n_train=1, n_test=0, tasks=("counting",))
+
+
+def test_train_decoy_count_is_drawn_per_image(gen, tmp_path):
+    gen.generate_dataset(tmp_path, n_train=24, n_test=3, seed=4, tasks=(), train_coloured_decoys=(1, 3),
+                         coloured_decoys=5)
+    train = [len(r["meta"]["decoys"]) for r in _read_jsonl(tmp_path / "train_eval.jsonl")]
+    test = [len(r["meta"]["decoys"]) for r in _read_jsonl(tmp_path / "test_eval.jsonl")]
+    assert set(train) == {1, 2, 3}
+    assert test == [5, 5, 5]
+    with pytest.raises(ValueError, match="train_coloured_decoys"):
+        gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=0, train_coloured_decoys=(3, 1))
