@@ -282,7 +282,8 @@ def generate_check(model, enc: Encoder, patchify: Patchifier, split: Split, n: i
             pv, thw = patchify(split.images[split.index[i : i + 1]])
             ids = torch.tensor([enc.prompt_ids(records[i]["question"])])
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv,
-                                 image_grid_thw=thw, max_new_tokens=6, do_sample=False)
+                                 mm_token_type_ids=(ids == enc.image_token).int(), image_grid_thw=thw,
+                                 max_new_tokens=6, do_sample=False)
             text = enc.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             ok += int(text == records[i]["answer"])
     model.train()
