@@ -42,12 +42,11 @@ def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
     return build_tiny_model(model_dir, arch="qwen2_5_vl", seed=seed)
 
 
-def ask(client, image_url: str, question: str, ratio: float, method: str, max_tokens: int,
-        model: str = "tiny") -> dict:
+def ask(client, image_url: str, question: str, ratio: float, method: str, max_tokens: int) -> dict:
     """One streamed chat request; returns TTFT, the answer, usage and the visual-token counts from the headers."""
     start = time.perf_counter()
     raw = client.chat.completions.with_raw_response.create(
-        model=model,
+        model="tiny",
         messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": image_url}},
             {"type": "text", "text": question},
@@ -111,12 +110,15 @@ def run_random_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFA
     return 0
 
 
-def _synthetic_generator():
-    spec = importlib.util.spec_from_file_location("vs_vllm_synthetic_generate", SYNTHETIC_DIR / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def load_synthetic_generator():
+    """The repository's ``benchmarks/synthetic/generate.py`` as a module (a script, not part of the package)."""
+    name = "vs_vllm_synthetic_generate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SYNTHETIC_DIR / "generate.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def synthetic_samples(n_images: int, seed: int, model_dir: Path = SYNTHETIC_MODEL_DIR) -> tuple[str, list[tuple[str, str]]]:
@@ -125,17 +127,14 @@ def synthetic_samples(n_images: int, seed: int, model_dir: Path = SYNTHETIC_MODE
     defaults without one)."""
     import json
 
-    import numpy as np
-
     from vs_vllm.testing.images import to_data_url
 
-    gen = _synthetic_generator()
+    gen = load_synthetic_generator()
     info = model_dir / "dataset.json"
     cfg = gen.config_from_info(json.loads(info.read_text())) if info.is_file() else gen.SyntheticConfig()
     samples = []
     for i in range(n_images):
-        # The generator's per-image stream (seed, split, index) of the test split.
-        image, meta = gen.render_sample(np.random.default_rng(np.random.SeedSequence([seed, 2, i])), cfg)
+        image, meta = gen.render_sample(gen.sample_rng(seed, "test", i), cfg)
         samples.append((to_data_url(image), meta["colour"]))
     return cfg.prompt, samples
 

@@ -61,6 +61,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vs_vllm.testing.tiny_models import to_jsonable
+
 __all__ = [
     "DEFAULT_TASKS",
     "GENERATOR_VERSION",
@@ -72,6 +74,7 @@ __all__ = [
     "generate_dataset",
     "make_question",
     "render_sample",
+    "sample_rng",
 ]
 
 #: Bumped whenever the same arguments would draw different images (run_benchmark.py regenerates stale data).
@@ -449,7 +452,8 @@ def make_question(task: str, meta: dict[str, Any], rng: np.random.Generator, que
 # Dataset
 
 
-def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of one image (or its questions) of a split: independent of every other image's."""
     split_id = {"train": 1, "test": 2, "train-questions": 3, "test-questions": 4, "train-decoys": 5}.get(
         split, sum(split.encode()) + 6)
     return np.random.default_rng(np.random.SeedSequence([int(seed), split_id, int(index)]))
@@ -512,15 +516,15 @@ def generate_dataset(
             decoys = None
             if split == "train" and cfg.train_coloured_decoys is not None:
                 lo, hi = cfg.train_coloured_decoys
-                decoys = int(_sample_rng(seed, "train-decoys", i).integers(lo, hi + 1))
-            img, meta = render_sample(_sample_rng(seed, split, i), cfg, coloured_decoys=decoys)
+                decoys = int(sample_rng(seed, "train-decoys", i).integers(lo, hi + 1))
+            img, meta = render_sample(sample_rng(seed, split, i), cfg, coloured_decoys=decoys)
             rel = f"images/{split}_{i:05d}.png"
             img.save(out / rel, format="PNG", optimize=False, compress_level=6)
             sid = f"{split}-{i:05d}"
             llava.append(_llava(sid, rel, cfg.prompt, meta["colour"]))
             evalrecs.append({"id": sid, "image": rel, "question": cfg.prompt, "answer": meta["colour"],
                              "meta": meta})
-            qrng = _sample_rng(seed, split + "-questions", i)
+            qrng = sample_rng(seed, split + "-questions", i)
             for task in tasks:
                 q, a = make_question(task, meta, qrng, cfg.prompt)
                 mixed.append(_llava(f"{sid}-{task}", rel, q, a))
@@ -541,21 +545,13 @@ def generate_dataset(
         "seed": seed,
         "n_train": n_train,
         "n_test": n_test,
-        "config": _jsonable(asdict(cfg)),
+        "config": to_jsonable(asdict(cfg)),
         "mixed_tasks": list(tasks),
         "palette": {k: list(v) for k, v in PALETTE.items() if k in cfg.colours},
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     paths["info"] = out / "dataset.json"
     return paths
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _pair(text: str) -> tuple[int, int]:

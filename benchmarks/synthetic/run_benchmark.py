@@ -94,7 +94,8 @@ def _rel(cmd: Sequence[str]) -> list[str]:
 
 
 def _generator():
-    sys.path.insert(0, str(HERE))
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
     import generate
 
     return generate
@@ -118,6 +119,11 @@ def step_data(data_dir: Path, n_train: int, n_test: int, seed: int, log: list) -
     return data_dir, True
 
 
+def _stage_dir(model_dir: Path, i: int, n_stages: int) -> Path:
+    """Where stage ``i`` of ``n_stages`` writes: the last one is the base model itself."""
+    return model_dir if i == n_stages - 1 else model_dir.with_name(f"{model_dir.name}-stage{i + 1}")
+
+
 def step_base(model_dir: Path, data_dir: Path, log: list, *, retrain: bool,
               stages: Sequence[Sequence[str]]) -> dict:
     """Train the base model in ``stages`` (train_base.py arguments each; stage i > 0 starts from stage i - 1)."""
@@ -125,8 +131,8 @@ def step_base(model_dir: Path, data_dir: Path, log: list, *, retrain: bool,
     if info_path.is_file() and (model_dir / "model.safetensors").is_file() and not retrain:
         print(f"[benchmark] reusing the base model in {model_dir}", flush=True)
         # Say how the reused model was made: each stage's own command line and time, from its training_info.json.
-        stage_dirs = sorted(model_dir.parent.glob(f"{model_dir.name}-stage*")) + [model_dir]
-        for i, d in enumerate(stage_dirs):
+        for i in range(len(stages)):
+            d = _stage_dir(model_dir, i, len(stages))
             info = json.loads((d / "training_info.json").read_text())
             log.append({"step": f"train base, stage {i + 1} (reused {d.name})",
                         "command": "python benchmarks/synthetic/" + info.get("command", "?"),
@@ -135,7 +141,7 @@ def step_base(model_dir: Path, data_dir: Path, log: list, *, retrain: bool,
     previous: Path | None = None
     seconds = 0.0
     for i, extra in enumerate(stages):
-        out = model_dir if i == len(stages) - 1 else model_dir.with_name(f"{model_dir.name}-stage{i + 1}")
+        out = _stage_dir(model_dir, i, len(stages))
         init = ["--init-model", str(previous)] if previous is not None else []
         seconds += _run([sys.executable, str(HERE / "train_base.py"), "--data", str(data_dir), "--out", str(out),
                          "--train-file", BASE_TRAIN_FILE, *init, *extra], log, f"train base, stage {i + 1}")
@@ -179,7 +185,8 @@ def target_kept(model_dir: Path, data_file: Path, scorer: Path | None, methods: 
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    _generator()  # puts this directory on sys.path
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
     from train_base import Patchifier, load_images
 
     from vs_vllm.selection.budget import keep_count

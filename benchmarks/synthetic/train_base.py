@@ -179,9 +179,13 @@ class Encoder:
             labels[i, : len(s)] = torch.tensor(lab)
             mask[i, : len(s)] = 1
         # mm_token_type_ids marks the image tokens: without it transformers falls back to 1-D text positions instead
-        # of M-RoPE, and the model would be served (with M-RoPE) on positions it never saw.
+        # of M-RoPE, and the model would be served (with M-RoPE) on positions it never saw (generate needs it too).
         return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-                "mm_token_type_ids": (ids == self.image_token).int()}
+                "mm_token_type_ids": self.token_types(ids)}
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """``mm_token_type_ids``: 1 at image tokens, 0 elsewhere."""
+        return (ids == self.image_token).int()
 
 
 def answer_forward(model, batch: dict[str, torch.Tensor], pixel_values: torch.Tensor, grid_thw: torch.Tensor):
@@ -282,7 +286,7 @@ def generate_check(model, enc: Encoder, patchify: Patchifier, split: Split, n: i
             pv, thw = patchify(split.images[split.index[i : i + 1]])
             ids = torch.tensor([enc.prompt_ids(records[i]["question"])])
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv,
-                                 mm_token_type_ids=(ids == enc.image_token).int(), image_grid_thw=thw,
+                                 mm_token_type_ids=enc.token_types(ids), image_grid_thw=thw,
                                  max_new_tokens=6, do_sample=False)
             text = enc.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             ok += int(text == records[i]["answer"])

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-_GEN_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic" / "generate.py"
+from vs_vllm.demo import load_synthetic_generator
 
 
 @pytest.fixture(scope="module")
 def gen():
-    spec = importlib.util.spec_from_file_location("synthetic_generate", _GEN_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_synthetic_generator()
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from vs_vllm.demo import load_synthetic_generator
 
-_GEN_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic" / "generate.py"
+pytestmark = pytest.mark.slow
 
 
 def _generate(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("synthetic_generate_smoke", _GEN_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod.generate_dataset(out, n_train=0, n_test=4, seed=3, tasks=())["test_eval"]
+    return load_synthetic_generator().generate_dataset(out, n_train=0, n_test=4, seed=3, tasks=())["test_eval"]
 
 
 def test_eval_against_plugin_server(plugin_server, tmp_path):
