@@ -19,6 +19,7 @@ from vs_vllm.selection.topk import validate_k
 
 __all__ = [
     "SUPPORTED_DTYPES",
+    "host_ints_on",
     "Plan",
     "Selection",
     "check_scorer_weights",
@@ -76,6 +77,19 @@ class Plan:
     @property
     def has_grids(self) -> bool:
         return self.grids is not None or self.grids_tensor is not None
+
+
+def host_ints_on(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Host integers as an int64 tensor on ``device`` without making the host wait for the device.
+
+    On CUDA the copy goes through pinned memory and is non-blocking (a pageable copy waits for the stream).
+    """
+    t = torch.tensor(list(values), dtype=torch.long)
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _host_ints(value: IntList, name: str) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 from vs_vllm.selection.scorer import importance_scores
 from vs_vllm.selection.topk import select_topk
 
-from .common import Plan, Selection, check_scorer_weights, empty_selection, make_gather_plan, make_plan
+from .common import Plan, Selection, check_scorer_weights, empty_selection, host_ints_on, make_gather_plan, make_plan
 
 __all__ = ["gather_selected_ref", "gather_with_plan_ref", "select_tokens_ref", "select_with_scores_ref"]
 
@@ -19,9 +19,9 @@ __all__ = ["gather_selected_ref", "gather_with_plan_ref", "select_tokens_ref", "
 def _positions(plan: Plan, indices: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     if not plan.has_grids:
         return None
-    keep = torch.tensor(plan.keep, dtype=torch.long, device=device)
+    keep = host_ints_on(plan.keep, device)
     if plan.grids is not None:
-        grids = torch.tensor(plan.grids, dtype=torch.long, device=device).reshape(-1, 3)
+        grids = host_ints_on([v for g in plan.grids for v in g], device).reshape(-1, 3)
     else:
         grids = plan.grids_tensor.to(device=device, dtype=torch.long)
     g = torch.repeat_interleave(grids, keep, dim=0, output_size=plan.total_keep)  # [sum K, 3]
@@ -34,11 +34,11 @@ def gather_with_plan_ref(x: torch.Tensor, plan: Plan, indices: torch.Tensor) -> 
     """Rows and (t, h, w) of the kept local ``indices`` (concatenated per image) for a validated plan."""
     dev = x.device
     indices = indices.to(device=dev, dtype=torch.long)
-    starts = torch.tensor(plan.cu_seqlens[:-1], dtype=torch.long, device=dev)
-    keep = torch.tensor(plan.keep, dtype=torch.long, device=dev)
+    starts = host_ints_on(plan.cu_seqlens[:-1], dev)
+    keep = host_ints_on(plan.keep, dev)
     src = indices + torch.repeat_interleave(starts, keep, output_size=plan.total_keep)
     rows = x.index_select(0, src)
-    cu_keep = torch.tensor(plan.cu_keep, dtype=torch.long, device=dev)
+    cu_keep = host_ints_on(plan.cu_keep, dev)
     return Selection(rows, indices, _positions(plan, indices, dev), cu_keep)
 
 
@@ -53,7 +53,7 @@ def select_with_scores_ref(
     """Reference selection for a validated plan; also returns the fp32 scores [sum N]."""
     if plan.num_images == 0:
         return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
-    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long, device=x.device)
+    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long)  # host sizes: validated on the host, copied without a sync
     scores = importance_scores(x, q_weight, q_bias, k_weight, k_bias, cu_seqlens=cu, scope="per_image")
     cs = plan.cu_seqlens
     picked = [select_topk(scores[cs[i] : cs[i + 1]], k) for i, k in enumerate(plan.keep)]

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Plan, Selection, empty_selection
+from .common import Plan, Selection, empty_selection, host_ints_on
 
 __all__ = [
     "GPU_CONFIG",
@@ -554,11 +554,7 @@ def _device_meta(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.
     if plan.grids is not None:
         for g in plan.grids:
             host.extend(g)
-    t = torch.tensor(host, dtype=torch.long)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    elif device.type != "cpu":
-        t = t.to(device)
+    t = host_ints_on(host, device)
     nb = len(plan.cu_seqlens)
     cu, cuk = t[:nb], t[nb : 2 * nb]
     if plan.grids is not None:

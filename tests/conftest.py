@@ -102,3 +102,41 @@ def start_plugin_server(tmp_path_factory: pytest.TempPathFactory):
 def plugin_server(tiny_model_dir: Path, scorer_file: Path, start_plugin_server):
     """The tiny model served by ``vs-vllm serve`` with a scorer, default ratio 1.0, prefix caching on."""
     return start_plugin_server(tiny_model_dir, scorer=scorer_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny Qwen2-VL (seed 0), built once per test session."""
+    from vs_vllm.testing.tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2_vl"), arch="qwen2_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_servers(tiny_qwen2_vl_dir: Path, scorer_file: Path, start_plugin_server, tmp_path_factory):
+    """(stock ``vllm serve``, ``vs-vllm serve`` with a scorer) of the tiny Qwen2-VL, started on first use."""
+    from vs_vllm.testing.server import VLLMServer, tiny_serve_args
+
+    stock = VLLMServer(tiny_qwen2_vl_dir, tiny_serve_args(max_images=4),
+                       log_path=tmp_path_factory.mktemp("vllm-server-qwen2_vl") / "server.log")
+    stock.start()
+    try:
+        yield stock, start_plugin_server(tiny_qwen2_vl_dir, scorer=scorer_file)
+    finally:
+        stock.stop()
+
+
+@pytest.fixture(scope="session")
+def served_arch(request: pytest.FixtureRequest):
+    """``served_arch(arch)`` -> (model_dir, stock server, plugin server) for each architecture the e2e matrix covers."""
+
+    def get(arch: str):
+        if arch == "qwen2_5_vl":
+            return (request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("vllm_server"),
+                    request.getfixturevalue("plugin_server"))
+        if arch == "qwen2_vl":
+            stock, plugin = request.getfixturevalue("qwen2_vl_servers")
+            return request.getfixturevalue("tiny_qwen2_vl_dir"), stock, plugin
+        raise ValueError(f"no e2e setup for {arch}")
+
+    return get

@@ -24,7 +24,10 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("out_dir", help="directory to write (created if missing; existing files are overwritten)")
-    p.add_argument("--arch", default="qwen2_5_vl", help="architecture to build (default: %(default)s)")
+    from vs_vllm.testing.tiny_models import list_archs  # stdlib-only at import time; torch loads when building
+
+    p.add_argument("--arch", default="qwen2_5_vl", choices=list_archs(),
+                   help="architecture to build: %(choices)s (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
 
     def run(args: argparse.Namespace) -> int:

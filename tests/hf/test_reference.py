@@ -1,4 +1,5 @@
-"""The transformers reference with selection: identity at ratio 1.0, exact positions, pruned prompt sizes."""
+"""The transformers reference with selection, for every Qwen-family architecture: identity at ratio 1.0, exact
+positions against transformers' own get_rope_index, pruned prompt sizes, every method."""
 
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ from vs_vllm.testing.images import noise_image
 QUESTION = "What colour is the shape?"
 
 
-@pytest.fixture(scope="module")
-def hf(tiny_model_dir):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+ARCH_MODEL_DIRS = {"qwen2_5_vl": "tiny_model_dir", "qwen2_vl": "tiny_qwen2_vl_dir"}
 
-    proc = AutoProcessor.from_pretrained(tiny_model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+@pytest.fixture(scope="module", params=list(ARCH_MODEL_DIRS))
+def hf(request):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = request.getfixturevalue(ARCH_MODEL_DIRS[request.param])
+    proc = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert model.config.model_type == request.param
     return proc, model
+
+
+def test_one_reference_for_every_architecture(hf) -> None:
+    from vs_vllm.hf import qwen2_5_vl, qwen2_vl, qwen_vl
+
+    assert type(hf[1]).__name__ in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    assert qwen2_vl.QwenVLSelector is qwen_vl.QwenVLSelector is qwen2_5_vl.QwenVLSelector
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +62,7 @@ SIZES = {
 
 @pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
 def test_ratio_one_is_token_identical_to_generate(hf, scorer, sizes) -> None:
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
 
     proc, model = hf
     inputs = _inputs(proc, [noise_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)])
@@ -65,7 +78,7 @@ def test_ratio_one_is_token_identical_to_generate(hf, scorer, sizes) -> None:
 @pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
 def test_pruned_prompt_keeps_original_positions(hf, scorer, sizes, ratio) -> None:
     """Pruned positions == transformers' get_rope_index on the unpruned prompt, gathered at the kept columns."""
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
 
     proc, model = hf
     inputs = _inputs(proc, [noise_image(w, h, seed=7 + i) for i, (w, h) in enumerate(sizes)])
@@ -111,7 +124,7 @@ def test_positions_without_kept_indices_fix_text_exactly(hf) -> None:
 
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_generates(hf, scorer, method) -> None:
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
 
     proc, model = hf
     inputs = _inputs(proc, [noise_image(300, 200, seed=5)])
@@ -123,7 +136,7 @@ def test_every_method_generates(hf, scorer, method) -> None:
 
 def test_selection_changes_what_the_llm_sees(hf, scorer) -> None:
     """Different kept sets give different prefill states (guards against selection being silently skipped)."""
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
 
     proc, model = hf
     inputs = _inputs(proc, [noise_image(224, 224, seed=9)])
@@ -136,7 +149,7 @@ def test_selection_changes_what_the_llm_sees(hf, scorer) -> None:
 
 
 def test_bad_ratio_is_refused(hf, scorer) -> None:
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
 
     proc, model = hf
     inputs = _inputs(proc, [noise_image(224, 224)])

@@ -345,3 +345,233 @@ def test_cli_missing_dir_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert "error" in lines[0] and "does-not-exist" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+# --- load_scorer from directories (full models, standalone scorer directories) and bare keys -------------------------
+
+BARE = ""
+
+
+def write_scorer_dir(
+    dst: Path,
+    scorer: TransformerScorer,
+    prefix: str = BARE,
+    config: dict | None = None,
+    files: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """A standalone scorer directory: config.json (unless ``config`` is None) and the four tensors spread over
+    ``files`` safetensors files (no index)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (dst / "config.json").write_text(json.dumps(config))
+    tensors = {k: v.to(dtype) for k, v in scorer_tensors(scorer, prefix).items()}
+    names = list(tensors)
+    for i in range(files):
+        part = {name: tensors[name] for name in names[i::files]}
+        save_file(part, str(dst / f"scorer-{i}.safetensors"))
+    return dst
+
+
+def angelslim_config(scorer: TransformerScorer) -> dict:
+    return {"architecture": "TransformerScorer", "in_features": scorer.in_features, "hidden_dim": scorer.hidden_dim}
+
+
+def test_single_file_bare_keys(tmp_path: Path) -> None:
+    scorer = random_scorer(12, seed=20)
+    save_file(scorer_tensors(scorer, BARE), str(tmp_path / "s.safetensors"))
+    assert_same_params(load_scorer(tmp_path / "s.safetensors", in_features=12), scorer)
+
+
+def test_single_file_bare_and_prefixed_is_ambiguous(tmp_path: Path) -> None:
+    scorer = random_scorer(8, seed=21)
+    save_file({**scorer_tensors(scorer), **scorer_tensors(scorer, BARE)}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(ValueError, match="both"):
+        load_scorer(tmp_path / "s.safetensors")
+
+
+def test_dir_bare_keys_with_config(tmp_path: Path) -> None:
+    scorer = random_scorer(16, h=6, seed=22)
+    src = write_scorer_dir(tmp_path / "scorer", scorer, config=angelslim_config(scorer))
+    loaded = load_scorer(src, in_features=16)
+    assert (loaded.in_features, loaded.hidden_dim) == (16, 6)
+    assert_same_params(loaded, scorer)
+    assert_same_params(load_scorer(str(src)), scorer)  # str paths too
+
+
+@pytest.mark.parametrize("prefix", [BARE, SCORER_PREFIX, "model." + SCORER_PREFIX])
+def test_dir_tensors_over_several_files(tmp_path: Path, prefix: str) -> None:
+    scorer = random_scorer(10, seed=23)
+    src = write_scorer_dir(tmp_path / "scorer", scorer, prefix, config={"model_type": "anything"}, files=3)
+    assert len(list(src.glob("*.safetensors"))) == 3
+    assert_same_params(load_scorer(src), scorer)
+
+
+def test_dir_without_config_and_keep_dtype(tmp_path: Path) -> None:
+    scorer = random_scorer(8, seed=24)
+    src = write_scorer_dir(tmp_path / "scorer", scorer, SCORER_PREFIX, dtype=torch.bfloat16)
+    loaded = load_scorer(src, dtype=None)
+    assert loaded.q_proj.weight.dtype == torch.bfloat16
+    assert_same_params(loaded, scorer.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("prefix", [BARE, SCORER_PREFIX, "model." + SCORER_PREFIX])
+def test_dir_index_and_shards_reads_only_scorer_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    scorer = random_scorer(16, seed=25)
+    src = tmp_path / "src"
+    write_sharded(src, scorer, prefix)
+    (src / "config.json").write_text(json.dumps({"in_features": 16, "hidden_dim": 8}))
+    # A stray file the index does not list is ignored, as transformers and vLLM ignore it.
+    save_file(scorer_tensors(random_scorer(16, seed=99), prefix), str(src / "stray.safetensors"))
+    reads: list[str] = []
+    monkeypatch.setattr(ckpt, "safe_open", RecordingSafeOpen(reads))
+    loaded = load_scorer(src, dtype=None)
+    assert sorted(reads) == sorted(prefix + k.removeprefix(SCORER_PREFIX) for k in KEYS)
+    assert_same_params(loaded, scorer.to(torch.bfloat16))
+
+
+def test_dir_full_model_checkpoint(tmp_path: Path) -> None:
+    """An original full-model directory loads directly; its config's backbone sizes are not the scorer's."""
+    scorer = random_scorer(12, seed=26)
+    src = tmp_path / "src"
+    src.mkdir()
+    tensors = scorer_tensors(scorer, "model." + SCORER_PREFIX)
+    tensors["model.language_model.embed_tokens.weight"] = torch.randn(50, 12)
+    save_file(tensors, str(src / "model.safetensors"))
+    config = {"model_type": "qwen2_5_vl", "hidden_size": 999, "vision_config": {"hidden_size": 77}}
+    (src / "config.json").write_text(json.dumps(config))
+    assert_same_params(load_scorer(src, in_features=12), scorer)
+
+
+def test_dir_index_missing_shard(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_sharded(src, random_scorer(8))
+    os.remove(src / "model-00003-of-00003.safetensors")
+    with pytest.raises(FileNotFoundError, match="model-00003-of-00003"):
+        load_scorer(src)
+
+
+@pytest.mark.parametrize("prefix", [BARE, SCORER_PREFIX])
+@pytest.mark.parametrize("param", ["q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"])
+def test_dir_missing_tensor_named(tmp_path: Path, prefix: str, param: str) -> None:
+    scorer = random_scorer(8, seed=27)
+    src = write_scorer_dir(tmp_path / "scorer", scorer, prefix, files=2)
+    tensors = scorer_tensors(scorer, prefix)
+    del tensors[prefix + param]
+    for file in src.glob("*.safetensors"):
+        file.unlink()
+    save_file(tensors, str(src / "scorer.safetensors"))
+    with pytest.raises(KeyError) as info:
+        load_scorer(src)
+    msg = str(info.value)
+    assert repr(prefix + param) in msg and str(src) in msg
+    assert not msg.startswith("'")
+
+
+def test_dir_index_missing_tensor_named(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_sharded(src, random_scorer(8), BARE)
+    index = src / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    del data["weight_map"]["k_proj.bias"]
+    index.write_text(json.dumps(data))
+    with pytest.raises(KeyError, match=r"'k_proj\.bias'.*model\.safetensors\.index\.json"):
+        load_scorer(src)
+
+
+def test_dir_without_scorer_tensors(tmp_path: Path) -> None:
+    src = tmp_path / "backbone"
+    src.mkdir()
+    save_file({"model.language_model.embed_tokens.weight": torch.randn(4, 4)}, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"hidden_size": 4}))
+    with pytest.raises(KeyError) as info:
+        load_scorer(src)
+    msg = str(info.value)
+    assert str(src) in msg
+    for spelling in (
+        "q_proj.weight",
+        "k_proj.bias",
+        "'visual.importance_scorer.'",
+        "'model.visual.importance_scorer.'",
+    ):
+        assert spelling in msg, spelling
+    assert not msg.startswith("'")
+
+
+def test_dir_without_weight_files(tmp_path: Path) -> None:
+    src = tmp_path / "empty"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as info:
+        load_scorer(src)
+    assert str(src) in str(info.value) and "safetensors" in str(info.value)
+
+
+def test_dir_same_tensor_in_two_files_is_ambiguous(tmp_path: Path) -> None:
+    src = write_scorer_dir(tmp_path / "scorer", random_scorer(8, seed=28), BARE)
+    save_file(scorer_tensors(random_scorer(8, seed=29), BARE), str(src / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"proj\.\w+' is in both other\.safetensors and scorer-0\.safetensors"):
+        load_scorer(src)
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "want"),
+    [
+        ({"in_features": 32, "hidden_dim": 8}, "in_features", 16),
+        ({"in_features": 16, "hidden_dim": 12}, "hidden_dim", 8),
+        ({"hidden_size": 8}, "hidden_size", 16),  # hidden_size means D when in_features is absent
+    ],
+)
+def test_dir_config_disagrees_with_tensors(tmp_path: Path, config: dict, field: str, want: int) -> None:
+    src = write_scorer_dir(tmp_path / "scorer", random_scorer(16, seed=30), config=config)
+    with pytest.raises(ValueError) as info:
+        load_scorer(src)
+    msg = str(info.value)
+    assert "config.json" in msg and f"{field}={config[field]}" in msg and f"should be {want}" in msg
+    assert "[8, 16]" in msg
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"architecture": "TransformerScorer"},
+        {"in_features": 16, "hidden_dim": 8, "hidden_size": 8},  # hidden_size is not D's name here: ignored
+        {"hidden_size": 16},
+        {"in_features": "16", "hidden_dim": None, "hidden_size": True},  # non-integers are ignored
+        {"text_config": {"hidden_size": 16}, "hidden_size": 5},  # a full-model config: backbone sizes
+    ],
+)
+def test_dir_config_lenient(tmp_path: Path, config: dict) -> None:
+    scorer = random_scorer(16, seed=31)
+    assert_same_params(load_scorer(write_scorer_dir(tmp_path / "scorer", scorer, config=config)), scorer)
+
+
+def test_dir_config_invalid_json(tmp_path: Path) -> None:
+    src = write_scorer_dir(tmp_path / "scorer", random_scorer(8, seed=32), config={})
+    (src / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        load_scorer(src)
+
+
+def test_dir_in_features_argument_checked(tmp_path: Path) -> None:
+    src = write_scorer_dir(tmp_path / "scorer", random_scorer(16, seed=33))
+    with pytest.raises(ValueError, match=r"\[8, 32\]"):
+        load_scorer(src, in_features=32)
+
+
+def test_safetensors_keys_reads_only_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "s.safetensors"
+    save_file({"a": torch.zeros(1000), "b.c": torch.ones(2, 3)}, str(path), metadata={"format": "pt"})
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    with open(path, "r+b") as f:
+        f.truncate(8 + header_len)  # drop every tensor byte
+    assert sorted(ckpt.safetensors_keys(path)) == ["a", "b.c"]
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        ckpt.safetensors_keys(tmp_path / "bad.safetensors")
+    (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        ckpt.safetensors_keys(tmp_path / "short.safetensors")

@@ -14,6 +14,7 @@ from vs_vllm.selection.positions import (
     mrope_positions,
     mrope_positions_for_spans,
 )
+from vs_vllm.testing.sync_guard import DeviceSyncError, as_device, count_syncs, is_device, sync_guard, to_host
 
 IMG, VID, TEXT = 900, 901, 5
 
@@ -125,3 +126,92 @@ def test_bad_spans_are_refused() -> None:
     with pytest.raises(ValueError, match="media slots"):
         fill_media_positions(torch.zeros(3, 3, dtype=torch.long), torch.tensor([TEXT, IMG, TEXT]), (IMG,),
                              torch.zeros(2, 3, dtype=torch.long))
+
+
+# ---- fill_media_positions: sync-free implementation against a loop reference ----------------------------------------
+
+
+def _fill_reference(positions, ids, media, coords, start):
+    """Obviously-correct fill: walk the slots from ``start``, one coords row per media slot, in order."""
+    out = positions.clone()
+    ids, rows = ids.tolist(), coords.tolist()
+    r = 0
+    for i in range(start, len(ids)):
+        if r == len(rows):
+            break
+        if ids[i] not in media:
+            continue
+        span_start = i
+        while span_start > 0 and ids[span_start - 1] in media:
+            span_start -= 1
+        base = int(positions[0, span_start - 1]) + 1 if span_start > 0 else 0
+        t, h, w = rows[r]
+        r += 1
+        if t >= 0:
+            out[:, i] = torch.tensor([base + t, base + h, base + w])
+    return out
+
+
+@st.composite
+def fill_cases(draw, allow_excess_rows=False):
+    """Random prompt of text / image / video runs, arbitrary positions, a window start and coords for its slots."""
+    runs = draw(st.lists(st.tuples(st.sampled_from([TEXT, IMG, VID]), st.integers(1, 6)), min_size=0, max_size=8))
+    ids = [tok for tok, n in runs for _ in range(n)]
+    length = len(ids)
+    positions = torch.tensor(draw(st.lists(st.integers(0, 50), min_size=3 * length, max_size=3 * length)),
+                             dtype=torch.long).reshape(3, length)
+    start = draw(st.integers(0, length + 1))
+    slots = sum(1 for tok in ids[start:] if tok in (IMG, VID))
+    num_rows = draw(st.integers(0, slots + (2 if allow_excess_rows else 0)))
+    row = st.tuples(st.integers(-1, 4), st.integers(0, 4), st.integers(0, 4))
+    coords = torch.tensor(draw(st.lists(row, min_size=num_rows, max_size=num_rows)), dtype=torch.long).reshape(-1, 3)
+    return positions, torch.tensor(ids, dtype=torch.long), coords, start, slots
+
+
+@settings(max_examples=100, deadline=None)
+@given(fill_cases(allow_excess_rows=True))
+def test_fill_media_positions_matches_loop_reference(case) -> None:
+    positions, ids, coords, start, slots = case
+    expected = _fill_reference(positions, ids, (IMG, VID), coords, start)
+    if coords.shape[0] > slots:
+        with pytest.raises(ValueError, match="media slots"):
+            fill_media_positions(positions, ids, (IMG, VID), coords, start)  # CPU: validated by default
+        got = fill_media_positions(positions, ids, (IMG, VID), coords, start, validate=False)
+    else:
+        got = fill_media_positions(positions, ids, (IMG, VID), coords, start)
+    assert torch.equal(got, expected)
+    # int32 positions keep their dtype; the values are the same.
+    got32 = fill_media_positions(positions.int(), ids, (IMG, VID), coords, start, validate=False)
+    assert got32.dtype == torch.int32 and torch.equal(got32.long(), expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(fill_cases(allow_excess_rows=True))
+def test_fill_media_positions_on_device_never_syncs(case) -> None:
+    positions, ids, coords, start, _ = case
+    expected = _fill_reference(positions, ids, (IMG, VID), coords, start)
+    dev_positions, dev_ids, dev_coords = as_device((positions, ids, coords))
+    with sync_guard() as log:  # raises DeviceSyncError on any host<->device sync
+        got = fill_media_positions(dev_positions, dev_ids, (IMG, VID), dev_coords, start)
+    assert not log and not log.allowed
+    assert is_device(got) or coords.numel() == 0
+    assert torch.equal(to_host(got), expected)
+
+
+def test_positions_validation_is_the_only_sync() -> None:
+    ids = torch.tensor([TEXT, IMG, IMG, TEXT])
+    positions = torch.arange(4).expand(3, 4).clone()
+    coords = torch.tensor([[0, 0, 1], [0, 1, 0]])
+    with sync_guard(), pytest.raises(DeviceSyncError, match="_local_scalar_dense"):
+        fill_media_positions(*as_device((positions, ids)), (IMG,), as_device(coords), validate=True)
+    with count_syncs() as log:
+        fill_media_positions(*as_device((positions, ids)), (IMG,), as_device(coords), validate=True)
+    assert log == ["aten._local_scalar_dense"]
+
+    kept = torch.tensor([0, 3, 5])
+    with sync_guard(), pytest.raises(DeviceSyncError):
+        grid_coordinates(as_device(kept), (1, 2, 3))  # default: range-checked, which reads min/max on the host
+    with sync_guard():
+        coords = grid_coordinates(as_device(kept), (1, 2, 3), validate=False)
+    assert torch.equal(to_host(coords), grid_coordinates(kept, (1, 2, 3)))
+    assert torch.equal(grid_coordinates(torch.tensor([7]), (1, 2, 3), validate=False), torch.tensor([[1], [0], [1]]))

@@ -191,3 +191,20 @@ def test_top_level_help_lists_serve(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "serve" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--video-pruning-rate", "0.5"], ["--video-pruning-rate=0.25"]])
+def test_vllm_video_pruning_is_refused_naming_both_options(args) -> None:
+    with pytest.raises(serve.ServeError) as info:
+        serve.build_serve_command(["/models/x", *args], environ={})
+    message = str(info.value)
+    assert "--video-pruning-rate" in message and "retention" in message and "VS_VLLM_ENABLE" in message
+
+
+def test_zero_video_pruning_rate_and_scorer_directory_are_accepted(tmp_path) -> None:
+    scorer_dir = tmp_path / "scorer"
+    scorer_dir.mkdir()
+    cmd, env = serve.build_serve_command(["/models/x", "--scorer", str(scorer_dir), "--video-pruning-rate", "0"],
+                                         environ={})
+    assert env["VS_VLLM_SCORER"] == str(scorer_dir.resolve())
+    assert "--video-pruning-rate" in cmd

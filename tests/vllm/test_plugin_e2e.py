@@ -1,4 +1,9 @@
-"""End to end through ``vs-vllm serve``: per-request retention ratios against the HF reference and stock vLLM."""
+"""End to end through ``vs-vllm serve``: per-request retention ratios against the HF reference and stock vLLM.
+
+The matrix (ratio 1.0 == stock, pruned == HF reference for 1-3 images x ratios x methods, prefix cache across ratios,
+concurrent mixed requests, chunked prefill) runs for every architecture with an adapter; the request-surface tests
+(bad input, metrics, options) run once, on Qwen2.5-VL.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +25,26 @@ QUESTION = "What colour is the shape?"
 MAX_TOKENS = 8
 
 
-@pytest.fixture(scope="module")
-def hf_reference(tiny_model_dir, scorer_file):
-    """Greedy results of the transformers reference with the same scorer, memoised per (images, ratio, method)."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+ARCHS = ["qwen2_5_vl", "qwen2_vl"]
 
-    from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_setup(request, served_arch):
+    """(arch, model_dir, stock server, plugin server); tests are grouped per architecture."""
+    return (request.param, *served_arch(request.param))
+
+
+@pytest.fixture(scope="module")
+def hf_reference(arch_setup, scorer_file):
+    """Greedy results of the transformers reference with the same scorer, memoised per (images, ratio, method)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vs_vllm.hf.qwen_vl import QwenVLSelector
     from vs_vllm.selection.checkpoint import load_scorer
 
-    proc = AutoProcessor.from_pretrained(tiny_model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model_dir = arch_setup[1]
+    proc = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     selector = QwenVLSelector(model, load_scorer(scorer_file))
     memo: dict = {}
 
@@ -70,7 +85,8 @@ def _images(key):
 
 
 @pytest.mark.parametrize("key", ["square", "two-images"])
-def test_ratio_one_is_token_identical_to_stock_vllm(plugin_server, vllm_server, key) -> None:
+def test_ratio_one_is_token_identical_to_stock_vllm(arch_setup, key) -> None:
+    _, _, vllm_server, plugin_server = arch_setup
     images = _images(key)
     ours = _chat(plugin_server, images, retention_ratio=1.0)
     stock = _chat(vllm_server, images)
@@ -80,8 +96,9 @@ def test_ratio_one_is_token_identical_to_stock_vllm(plugin_server, vllm_server, 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.3, 0.1])
 @pytest.mark.parametrize("key", IMAGE_SETS)
-def test_matches_hf_reference(plugin_server, hf_reference, key, ratio) -> None:
+def test_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
     """Prompt size and greedy tokens equal the transformers reference with the same scorer."""
+    plugin_server = arch_setup[3]
     images = _images(key)
     tokens, prompt_tokens, kept, total = hf_reference(key, images, ratio)
     resp = _chat(plugin_server, images, retention_ratio=ratio)
@@ -104,7 +121,8 @@ def _visual_counts(key):
 
 
 @pytest.mark.parametrize("method", ["random", "uniform", "norm", "divprune", "dart"])
-def test_other_methods_match_hf_reference(plugin_server, hf_reference, method) -> None:
+def test_other_methods_match_hf_reference(arch_setup, hf_reference, method) -> None:
+    plugin_server = arch_setup[3]
     images = _images("two-images")
     tokens, prompt_tokens, _, _ = hf_reference("two-images", images, 0.3, method, 7)
     resp = _chat(plugin_server, images, retention_ratio=0.3, selection_method=method, selection_seed=7)
@@ -112,8 +130,9 @@ def test_other_methods_match_hf_reference(plugin_server, hf_reference, method) -
     assert resp.choices[0].token_ids == tokens
 
 
-def test_same_image_at_changing_ratios_with_prefix_caching(plugin_server, hf_reference) -> None:
+def test_same_image_at_changing_ratios_with_prefix_caching(arch_setup, hf_reference) -> None:
     """Prefix caching is on: the same image at alternating ratios must still give the fresh (HF) results."""
+    plugin_server = arch_setup[3]
     images = _images("odd")
     for ratio in [0.5, 0.1, 1.0, 0.5, 0.3, 0.1, 0.5]:
         tokens, prompt_tokens, _, _ = hf_reference("odd", images, ratio)
@@ -122,7 +141,8 @@ def test_same_image_at_changing_ratios_with_prefix_caching(plugin_server, hf_ref
         assert resp.choices[0].token_ids == tokens, ratio
 
 
-def test_options_inside_mm_processor_kwargs(plugin_server, hf_reference) -> None:
+def test_options_inside_mm_processor_kwargs(arch_setup, hf_reference) -> None:
+    plugin_server = arch_setup[3]
     images = _images("square")
     tokens, prompt_tokens, _, _ = hf_reference("square", images, 0.3)
     resp = _chat(plugin_server, images, mm_processor_kwargs={"retention_ratio": 0.3})
@@ -214,7 +234,8 @@ def test_nan_ratio_gets_400_and_server_keeps_serving(plugin_server) -> None:
     assert ok.usage.completion_tokens == MAX_TOKENS
 
 
-def test_fifty_concurrent_mixed_requests(plugin_server, hf_reference) -> None:
+def test_fifty_concurrent_mixed_requests(arch_setup, hf_reference) -> None:
+    plugin_server = arch_setup[3]
     cases = []
     ratios = [1.0, 0.5, 0.3, 0.1]
     methods = ["visionselector", "random", "uniform", "norm", "divprune", "dart"]
@@ -241,8 +262,9 @@ def test_fifty_concurrent_mixed_requests(plugin_server, hf_reference) -> None:
         assert resp.choices[0].token_ids == tokens, case
 
 
-def test_chunked_prefill_equals_unchunked(tiny_model_dir, scorer_file, start_plugin_server, plugin_server) -> None:
-    chunked = start_plugin_server(tiny_model_dir, scorer=scorer_file,
+def test_chunked_prefill_equals_unchunked(arch_setup, scorer_file, start_plugin_server) -> None:
+    _, model_dir, _, plugin_server = arch_setup
+    chunked = start_plugin_server(model_dir, scorer=scorer_file,
                                   extra_args=["--max-num-batched-tokens", "48", "--no-enable-prefix-caching"])
     try:
         for key, ratio in [("square", 1.0), ("two-images", 0.5), ("three-images", 0.3), ("tall", 0.1)]:

@@ -45,11 +45,16 @@ class MediaSpan:
         return t * h * w
 
 
-def grid_coordinates(indices: torch.Tensor, grid_thw: Sequence[int]) -> torch.Tensor:
-    """(t, h, w) of flat raster indices within one LLM grid: LongTensor [3, K]."""
+def grid_coordinates(indices: torch.Tensor, grid_thw: Sequence[int], validate: bool = True) -> torch.Tensor:
+    """(t, h, w) of flat raster indices within one LLM grid: LongTensor [3, K], on the device of ``indices``.
+
+    ``grid_thw`` must be host ints (or a host tensor). With ``validate`` (the default) indices outside the grid raise
+    ``ValueError``; that check reads the indices' min/max on the host, a device sync, so the serving path passes
+    ``validate=False`` (out-of-range indices then give meaningless coordinates).
+    """
     t, h, w = (int(v) for v in grid_thw)
     idx = indices.to(torch.long)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t * h * w):
+    if validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t * h * w):
         raise ValueError(f"indices out of range for grid {tuple(grid_thw)}: [{int(idx.min())}, {int(idx.max())}]")
     return torch.stack([idx // (h * w), (idx // w) % h, idx % w])
 
@@ -149,6 +154,7 @@ def fill_media_positions(
     media_token_ids: Sequence[int],
     coords: torch.Tensor,
     start: int = 0,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     """Write media coordinates into the media slots of ``positions`` at index >= ``start``; returns a new tensor.
 
@@ -156,27 +162,38 @@ def fill_media_positions(
     slots (tokens in ``media_token_ids``) at index >= ``start`` — this is how vLLM hands over the media rows scheduled in
     one prefill chunk. Each slot gets ``base + coords``, where ``base`` is one past the position of the token just
     before its media span (text positions are already exact). Rows whose t is negative leave their slot as it is
-    (media that was not pruned and is already positioned exactly). Device-agnostic: works on CPU tensors and on device
-    tensors alike.
+    (media that was not pruned and is already positioned exactly).
+
+    Sync-free on a device: fixed-shape ops only, no ``nonzero``, boolean-mask indexing or host reads (R and
+    ``start`` are host values). ``input_ids`` and ``coords`` should already be on the device of ``positions``;
+    host ones are copied there, which is itself a (blocking) transfer.
+
+    ``validate``: check that there are at least R media slots from ``start`` and raise ``ValueError`` otherwise. The
+    check reads a device count on the host, so ``None`` (the default) runs it only when ``positions`` lives on the
+    CPU; on a device the rows without a slot are dropped silently.
     """
+    num_rows = coords.shape[0]
     if coords.numel() == 0:
         return positions
     device = positions.device
+    length = positions.shape[1]
     ids = input_ids.to(device=device, dtype=torch.long)
-    is_media = torch.isin(ids, torch.tensor(list(media_token_ids), device=device, dtype=torch.long))
-    slots = torch.nonzero(is_media[start:]).flatten() + start
     rows = coords.to(device=device, dtype=torch.long)
-    if slots.numel() < rows.shape[0]:
-        raise ValueError(f"{rows.shape[0]} media rows but only {slots.numel()} media slots from index {start}")
-    slots = slots[: rows.shape[0]]
-    previous = torch.cat([torch.zeros(1, dtype=torch.bool, device=device), is_media[:-1]])
-    run_start_flags = is_media & ~previous
-    run_starts = torch.nonzero(run_start_flags).flatten()
-    run_of_slot = torch.cumsum(run_start_flags.long(), 0)[slots] - 1
-    span_starts = run_starts[run_of_slot]
-    before = (span_starts - 1).clamp_min(0)
-    base = torch.where(span_starts > 0, positions[0, before] + 1, torch.zeros_like(span_starts))
-    write = rows[:, 0] >= 0
-    out = positions.clone()
-    out[:, slots[write]] = (base[write, None] + rows[write]).T.to(out.dtype)
-    return out
+    is_media = torch.zeros_like(ids, dtype=torch.bool)
+    for token in media_token_ids:  # Python scalars: no host-to-device copy of the token list
+        is_media |= ids == int(token)
+    index = torch.arange(length, device=device)
+    window = is_media & (index >= start)
+    rank = torch.cumsum(window, 0) - 1  # rank of each window media slot among the window's media slots
+    if validate is None:
+        validate = device.type == "cpu"
+    if validate:
+        slots = int(rank[-1]) + 1 if length else 0
+        if slots < num_rows:
+            raise ValueError(f"{num_rows} media rows but only {slots} media slots from index {start}")
+    # The token before a slot's media span is the last non-media token at or before it (-1: the span opens the prompt).
+    before = torch.cummax(torch.where(is_media, -1, index), 0).values
+    base = torch.where(before >= 0, positions[0].gather(0, before.clamp_min(0)).to(torch.long) + 1, 0)
+    row = rows.index_select(0, rank.clamp(0, num_rows - 1))  # [L, 3]: the row each slot would take
+    write = window & (rank < num_rows) & (row[:, 0] >= 0)
+    return torch.where(write, (base[:, None] + row).T.to(positions.dtype), positions)

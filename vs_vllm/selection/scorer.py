@@ -54,9 +54,14 @@ def importance_scores(
         xbar = xf.mean(dim=0, keepdim=True)  # [1, D]
         seg = None
     else:
-        cu = cu_seqlens.to(device=x.device, dtype=torch.long)
-        if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu[1:] < cu[:-1]).any()):
+        cu = torch.as_tensor(cu_seqlens, dtype=torch.long)
+        if cu.dim() != 1 or cu.numel() < 2:
+            raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu.shape)}")
+        # Value checks read cu_seqlens on the host: free for host sizes (what engines pass), skipped for device ones.
+        if cu.device.type == "cpu" and (int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu[1:] < cu[:-1]).any())):
             raise ValueError(f"cu_seqlens must be non-decreasing from 0 to {total}, got {cu.tolist()}")
+        if cu.device != x.device:
+            cu = (cu.pin_memory() if x.device.type == "cuda" else cu).to(x.device, non_blocking=True)
         seg = _segment_ids(cu, total, x.device)
         counts = (cu[1:] - cu[:-1]).clamp_min(1).to(torch.float32)
         sums = torch.zeros(counts.numel(), x.shape[1], device=x.device, dtype=torch.float32)

@@ -28,14 +28,15 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest entries of the 1-D ``scores``, ascending, ties to the lowest index.
 
     A stable descending sort keeps equal scores in index order, so the first ``k`` sorted positions are the tie-broken
-    top-K on every device. NaN scores raise ValueError (they indicate a broken scorer, and devices disagree on how to
-    rank them).
+    top-K on every device. NaN scores raise ValueError for CPU tensors (they indicate a broken scorer); on an
+    accelerator that check would make the host wait for the device, so there NaN ranks above +inf, as in
+    ``torch.topk`` and the Triton kernel.
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     n = scores.shape[0]
     k = validate_k(k, n)
-    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
+    if scores.device.type == "cpu" and scores.is_floating_point() and bool(torch.isnan(scores).any()):
         raise ValueError(f"scores contain NaN ({int(torch.isnan(scores).sum())} of {n})")
     if k == n:
         return torch.arange(n, device=scores.device, dtype=torch.long)

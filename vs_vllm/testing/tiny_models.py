@@ -5,8 +5,10 @@ local directory: ``config.json``, ``generation_config.json``, ``model.safetensor
 trained in-process with the model family's special tokens), ``preprocessor_config.json`` and the chat template. The
 same seed gives byte-identical files.
 
-Each architecture is one builder function registered in ``ARCH_BUILDERS``; qwen2_vl, qwen3_vl, llava and
-llava_onevision slot in the same way (config + processor files on top of the shared tokenizer builder).
+Each architecture is one builder function registered in ``ARCH_BUILDERS``: qwen2_5_vl and qwen2_vl (which share the
+tokenizer, the M-RoPE LLM config, the image processor and the saving code, and differ only in the vision config), and
+the text-only qwen2. qwen3_vl, llava and llava_onevision slot in the same way (config + processor files on top of the
+shared tokenizer builder).
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ def list_archs() -> list[str]:
 
 @dataclass(frozen=True)
 class QwenVLSizes:
-    """Sizes of a Qwen2.5-VL checkpoint. The defaults make a ~2.5M-parameter model that runs on vLLM's CPU backend.
+    """Sizes of a Qwen2.5-VL or Qwen2-VL checkpoint. The defaults make a ~2.5M-parameter model that runs on vLLM's CPU
+    backend.
 
     Constraints that matter: the text head_dim (hidden / heads) must be one vLLM's CPU attention supports (32, 64, 80,
-    96, 112, 128, ...); ``mrope_section`` must sum to head_dim / 2; the vision head_dim likewise; ``out_hidden_size``
+    96, 112, 128, ...); ``mrope_section`` must sum to head_dim / 2; the vision head_dim (``vision_hidden /
+    vision_heads``) likewise; the merger output (``out_hidden_size`` in Qwen2.5-VL, ``hidden_size`` in Qwen2-VL)
     equals the text hidden size. ``max_pixels`` caps the image at ``max_pixels / 28**2`` LLM tokens.
+
+    Qwen2-VL maps ``vision_hidden`` to ``embed_dim`` and ``vision_intermediate`` to ``mlp_ratio = vision_intermediate
+    / vision_hidden`` (which must divide evenly); it has no window attention, so ``window_size`` and
+    ``fullatt_block_indexes`` only apply to Qwen2.5-VL.
     """
 
     text_hidden: int = 256
@@ -133,46 +141,36 @@ def _save_tokenizer(tokenizer: Any, out: Path, processor_class: str | None) -> N
     _write_json(out / "chat_template.json", {"chat_template": template})
 
 
-@_register("qwen2_5_vl")
-def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+_QWEN_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+                   "<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
+
+def _qwen_vl_tokenizer() -> tuple[Any, dict[str, int]]:
+    """The shared Qwen BPE tokenizer and the ids of the special tokens the VL configs name."""
     from vs_vllm.testing.tokenizer import build_bpe_tokenizer
 
-    sizes = _resolve_sizes(overrides)
+    tokenizer = build_bpe_tokenizer()
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_VL_TOKENS}
+
+
+def _qwen_vl_text_config(sizes: QwenVLSizes, vocab_size: int, ids: Mapping[str, int]) -> dict[str, Any]:
+    """The M-RoPE Qwen2 LLM of Qwen2-VL and Qwen2.5-VL (same fields in both)."""
     head_dim = sizes.text_hidden // sizes.text_heads
     if sum(sizes.mrope_section) * 2 != head_dim:
         raise ValueError(f"mrope_section {sizes.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
-
-    tokenizer = build_bpe_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens + [
-        "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>"]}
-    text_config = dict(
-        _qwen2_text_config(sizes, _padded_vocab(tokenizer)),
+    return dict(
+        _qwen2_text_config(sizes, vocab_size),
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(sizes.mrope_section)},
         use_sliding_window=False,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision_config = dict(
-        depth=sizes.vision_depth,
-        hidden_size=sizes.vision_hidden,
-        intermediate_size=sizes.vision_intermediate,
-        num_heads=sizes.vision_heads,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=sizes.window_size,
-        fullatt_block_indexes=list(sizes.fullatt_block_indexes),
-        out_hidden_size=sizes.text_hidden,
-        tokens_per_second=2,
-        initializer_range=sizes.initializer_range,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
+
+
+def _qwen_vl_config_kwargs(ids: Mapping[str, int], sizes: QwenVLSizes) -> dict[str, Any]:
+    """Top-level kwargs common to Qwen2-VL and Qwen2.5-VL configs."""
+    return dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -180,7 +178,24 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
         tie_word_embeddings=False,
         **sizes.extra,
     )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+
+
+def _save_qwen_vl(
+    out: Path,
+    *,
+    arch: str,
+    seed: int,
+    sizes: QwenVLSizes,
+    config: Any,
+    model_cls: Any,
+    tokenizer: Any,
+    ids: Mapping[str, int],
+    processor_class: str,
+) -> None:
+    """Instantiate ``model_cls(config)`` under ``seed`` and write weights, tokenizer, processor config and model card."""
+    import torch
+
+    config.architectures = [model_cls.__name__]
     # Top-level copies of the ids: vLLM and older loaders read them from the root config.
     config.bos_token_id = ids["<|endoftext|>"]
     config.eos_token_id = ids["<|im_end|>"]
@@ -188,19 +203,20 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
     config.vision_token_id = ids["<|vision_pad|>"]
 
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    model = model_cls(config).to(torch.float32).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
     model.save_pretrained(str(out), safe_serialization=True)
 
-    _save_tokenizer(tokenizer, out, processor_class="Qwen2_5_VLProcessor")
+    _save_tokenizer(tokenizer, out, processor_class=processor_class)
+    # Qwen2-VL and Qwen2.5-VL share the image processor (14px patches, 2x2 merge, 2-frame temporal patches).
     _write_json(
         out / "preprocessor_config.json",
         {
             "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
+            "processor_class": processor_class,
             "do_resize": True,
             "do_rescale": True,
             "do_normalize": True,
@@ -217,7 +233,71 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
             "size": {"shortest_edge": sizes.min_pixels, "longest_edge": sizes.max_pixels},
         },
     )
-    _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2_5_vl", "seed": seed, "sizes": to_jsonable(asdict(sizes))})
+    _write_json(out / "vs_vllm_tiny_model.json", {"arch": arch, "seed": seed, "sizes": to_jsonable(asdict(sizes))})
+
+
+@_register("qwen2_5_vl")
+def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    sizes = _resolve_sizes(overrides)
+    tokenizer, ids = _qwen_vl_tokenizer()
+    vision_config = dict(
+        depth=sizes.vision_depth,
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=sizes.window_size,
+        fullatt_block_indexes=list(sizes.fullatt_block_indexes),
+        out_hidden_size=sizes.text_hidden,
+        tokens_per_second=2,
+        initializer_range=sizes.initializer_range,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_vl_text_config(sizes, _padded_vocab(tokenizer), ids),
+        vision_config=vision_config,
+        **_qwen_vl_config_kwargs(ids, sizes),
+    )
+    _save_qwen_vl(out, arch="qwen2_5_vl", seed=seed, sizes=sizes, config=config,
+                  model_cls=Qwen2_5_VLForConditionalGeneration, tokenizer=tokenizer, ids=ids,
+                  processor_class="Qwen2_5_VLProcessor")
+
+
+@_register("qwen2_vl")
+def _build_qwen2_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    """Qwen2-VL: the same LLM and processor as Qwen2.5-VL; the vision tower has no window attention, LayerNorm and a
+    GELU MLP of width ``embed_dim * mlp_ratio``. Its ``hidden_size`` is the merger output (= the LLM hidden size) and
+    ``embed_dim`` the tower width, so ``vision_hidden`` maps to ``embed_dim`` and ``vision_intermediate`` must be a
+    multiple of it (``window_size`` and ``fullatt_block_indexes`` are ignored)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    sizes = _resolve_sizes(overrides)
+    if sizes.vision_intermediate % sizes.vision_hidden:
+        raise ValueError(f"qwen2_vl needs vision_intermediate ({sizes.vision_intermediate}) to be a multiple of "
+                         f"vision_hidden ({sizes.vision_hidden}): its MLP width is embed_dim * mlp_ratio")
+    tokenizer, ids = _qwen_vl_tokenizer()
+    vision_config = dict(
+        depth=sizes.vision_depth,
+        embed_dim=sizes.vision_hidden,
+        hidden_size=sizes.text_hidden,
+        mlp_ratio=sizes.vision_intermediate // sizes.vision_hidden,
+        num_heads=sizes.vision_heads,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        initializer_range=sizes.initializer_range,
+    )
+    config = Qwen2VLConfig(
+        text_config=_qwen_vl_text_config(sizes, _padded_vocab(tokenizer), ids),
+        vision_config=vision_config,
+        **_qwen_vl_config_kwargs(ids, sizes),
+    )
+    _save_qwen_vl(out, arch="qwen2_vl", seed=seed, sizes=sizes, config=config,
+                  model_cls=Qwen2VLForConditionalGeneration, tokenizer=tokenizer, ids=ids,
+                  processor_class="Qwen2VLProcessor")
 
 
 @_register("qwen2")

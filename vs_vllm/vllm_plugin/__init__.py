@@ -22,7 +22,7 @@ def register() -> None:
     (``VS_VLLM_ENABLE=1``, which ``vs-vllm serve`` sets and child processes inherit), it checks the vLLM version,
     replaces the supported architectures' model classes (and with them their multimodal processors), lets the
     per-request visual-token counts reach the HTTP layer, and on the CPU platform backports the GPU runner's pruning
-    flag to the CPU runner (see compat.py for each).
+    flag to the CPU runner (``patches/``: one file per patch, each saying what, why and for which vLLM versions).
     """
     global _registered
     if _registered:
@@ -34,17 +34,25 @@ def register() -> None:
     if not is_enabled():
         logger.info("vs-vllm %s plugin loaded (pid %d); not enabled (set VS_VLLM_ENABLE=1)", __version__, os.getpid())
         return
-    from vs_vllm.vllm_plugin import compat
+    from vs_vllm.vllm_plugin import adapters, patches
+    from vs_vllm.vllm_plugin.patches.cpu_runner import patch_cpu_runner_when_imported
+    from vs_vllm.vllm_plugin.patches.renderer_context import propagate_context_to_renderer_when_imported
 
-    version = compat.check_vllm_version()
-    compat.register_model_override()
-    compat.propagate_context_to_renderer_when_imported()
-    if compat.is_cpu_platform():
-        compat.patch_cpu_runner_when_imported()
+    version = patches.check_vllm_version()
+    adapters.register_models()
+    propagate_context_to_renderer_when_imported()
+    if _is_cpu_platform():
+        patch_cpu_runner_when_imported()
     logger.info(
         "vs-vllm %s plugin loaded (pid %d); visual-token selection enabled for %s on vLLM %s",
-        __version__, os.getpid(), ", ".join(compat.MODEL_OVERRIDES), version,
+        __version__, os.getpid(), ", ".join(adapters.served_architectures()), version,
     )
+
+
+def _is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def is_registered() -> bool:

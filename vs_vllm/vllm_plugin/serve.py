@@ -53,8 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scorer",
         metavar="PATH",
-        help="scorer weights (a file from `vs-vllm convert`), used instead of the checkpoint's "
-        "visual.importance_scorer.* (sets VS_VLLM_SCORER to the absolute path)",
+        help="scorer weights used instead of the checkpoint's visual.importance_scorer.*: a file from `vs-vllm "
+        "convert` / `vs-vllm train`, or a standalone scorer directory (config.json + safetensors, keys with or "
+        "without the visual.importance_scorer. prefix). Sets VS_VLLM_SCORER to the absolute path. "
+        "Note: --video-pruning-rate (vLLM's EVS) is refused while the plugin is enabled",
     )
     p.add_argument(
         "--print-command",
@@ -122,11 +124,12 @@ def _plan(
         env[ENV_METHOD] = args.selection_method
     if args.scorer is not None:
         scorer = Path(args.scorer).expanduser()
-        if not scorer.is_file():
-            raise ServeError(f"--scorer {args.scorer}: no such file")
+        if not scorer.exists():
+            raise ServeError(f"--scorer {args.scorer}: no such file or directory")
         env[ENV_SCORER] = str(scorer.resolve())
-    elif env.get(ENV_SCORER) and not Path(env[ENV_SCORER]).is_file():
-        raise ServeError(f"{ENV_SCORER}={env[ENV_SCORER]} (from the environment): no such file")
+    elif env.get(ENV_SCORER) and not Path(env[ENV_SCORER]).exists():
+        raise ServeError(f"{ENV_SCORER}={env[ENV_SCORER]} (from the environment): no such file or directory")
+    _refuse_video_pruning_rate(passthrough)
 
     # Inherited VS_VLLM_* values are what vLLM's processes will read: fail here, not in a worker.
     from vs_vllm.vllm_plugin.options import default_options
@@ -143,6 +146,36 @@ def _plan(
     if not _has_our_middleware(passthrough):
         cmd += [_MIDDLEWARE_FLAG, MIDDLEWARE]
     return cmd, env, args
+
+
+def _passthrough_value(passthrough: Sequence[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag V`` or ``--flag=V``) among the arguments passed to vLLM."""
+    value = None
+    for i, arg in enumerate(passthrough):
+        if arg == flag and i + 1 < len(passthrough):
+            value = passthrough[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _refuse_video_pruning_rate(passthrough: Sequence[str]) -> None:
+    """vLLM's EVS and the plugin would both own the video placeholder count (the model refuses it too, for plain
+    ``vllm serve``; here the user hears it before vLLM starts)."""
+    from vs_vllm.vllm_plugin.pruning.guards import refuse_vllm_video_pruning
+
+    value = _passthrough_value(passthrough, "--video-pruning-rate")
+    if value is None:
+        return
+    try:
+        rate = float(value)
+    except ValueError:
+        return  # vLLM's own parser reports it
+    config = argparse.Namespace(multimodal_config=argparse.Namespace(video_pruning_rate=rate))
+    try:
+        refuse_vllm_video_pruning(config)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def build_serve_command(

@@ -1,4 +1,5 @@
-"""The private-API layer: version gate, per-instance pruning switch, CPU-runner backport, enabling semantics."""
+"""The private-API layer (vs_vllm.vllm_plugin.patches): version gate, per-instance pruning switch, CPU-runner backport,
+enabling semantics."""
 
 from __future__ import annotations
 
@@ -19,19 +20,19 @@ def _run(code: str, **env: str) -> dict:
 
 
 def test_version_gate() -> None:
-    from vs_vllm.vllm_plugin.compat import UnsupportedVLLMVersion, check_vllm_version
+    from vs_vllm.vllm_plugin.patches import UnsupportedVLLMVersion, check_vllm_version
 
-    for ok in ("0.32.0", "0.32.0+cpu", "0.32.7"):
+    for ok in ("0.32.0", "0.32.0+cpu", "0.32.7", "0.33.0", "0.33.2+cu130"):
         assert check_vllm_version(ok) == ok
-    for bad in ("0.31.2", "0.33.0", "1.0.0"):
+    for bad in ("0.31.2", "0.34.0", "1.0.0", "0.3.32"):
         with pytest.raises(UnsupportedVLLMVersion) as info:
             check_vllm_version(bad)
         message = str(info.value)
-        assert bad in message and "0.32" in message and "VS_VLLM_ENABLE" in message
+        assert bad in message and "0.32" in message and "0.33" in message and "VS_VLLM_ENABLE" in message
 
 
 def test_post_import_hook_runs_once_after_the_module_executes(tmp_path, monkeypatch) -> None:
-    from vs_vllm.vllm_plugin.compat import run_after_import
+    from vs_vllm.vllm_plugin.patches.post_import import run_after_import
 
     (tmp_path / "vs_hook_probe.py").write_text("VALUE = 41\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -55,22 +56,29 @@ from vllm import ModelRegistry
 from vllm.config.multimodal import MultiModalConfig
 from vllm.plugins import load_general_plugins
 load_general_plugins()
-cls = ModelRegistry._try_load_model_cls("Qwen2_5_VLForConditionalGeneration")
-out = {"model": f"{cls.__module__}.{cls.__name__}"}
+out = {}
+for arch in ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration"):
+    cls = ModelRegistry._try_load_model_cls(arch)
+    out[arch] = f"{cls.__module__}.{cls.__name__}"
 from vllm.v1.worker import cpu_model_runner
 out["cpu_runner_patched"] = getattr(cpu_model_runner.CPUModelRunner.load_model, "__vs_vllm_patched__", False)
-from vs_vllm.vllm_plugin import compat
+from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
 class Cfg: pass
 cfg = Cfg(); cfg.multimodal_config = MultiModalConfig()
-compat.enable_pruning_for(cfg)
+enable_pruning_for(cfg)
 out["instance"] = cfg.multimodal_config.is_multimodal_pruning_enabled()
 out["class"] = MultiModalConfig().is_multimodal_pruning_enabled()
 print(json.dumps(out))
 """
     stock = _run(code)
-    assert stock["model"] == "vllm.model_executor.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"
+    assert stock["Qwen2_5_VLForConditionalGeneration"] == \
+        "vllm.model_executor.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"
+    assert stock["Qwen2VLForConditionalGeneration"] == "vllm.model_executor.models.qwen2_vl.Qwen2VLForConditionalGeneration"
     assert stock["cpu_runner_patched"] is False
     enabled = _run(code, VS_VLLM_ENABLE="1")
-    assert enabled["model"] == "vs_vllm.vllm_plugin.models.qwen2_5_vl.VsQwen2_5_VLForConditionalGeneration"
+    assert enabled["Qwen2_5_VLForConditionalGeneration"] == \
+        "vs_vllm.vllm_plugin.adapters.qwen2_5_vl.VsQwen2_5_VLForConditionalGeneration"
+    assert enabled["Qwen2VLForConditionalGeneration"] == \
+        "vs_vllm.vllm_plugin.adapters.qwen2_vl.VsQwen2VLForConditionalGeneration"
     assert enabled["cpu_runner_patched"] is True
     assert enabled["instance"] is True and enabled["class"] is False

@@ -1,0 +1,78 @@
+"""The serving path never synchronises host and device (checked on CPU with vs_vllm.testing.sync_guard).
+
+Selection (every method, packed visionselector batches, DeepStack-style wider rows), the position channels and the
+pruning hook under the V2 runner's convention run with their tensors as "device" tensors; the host-side sizes (K_i,
+N_i, grids, method ids) stay plain. The only sync allowed is the decode delta's one scalar read, inside vLLM's
+``gpu_sync_allowed()``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vs_vllm.selection.methods import list_methods
+from vs_vllm.selection.positions import MediaSpan, fill_media_positions, mrope_positions, mrope_positions_for_spans
+from vs_vllm.selection.scorer import TransformerScorer
+from vs_vllm.testing.sync_guard import as_device, sync_guard, to_host
+from vs_vllm.vllm_plugin.pruning.channels import strip_channels, with_channels
+from vs_vllm.vllm_plugin.pruning.hook import recompute_positions
+from vs_vllm.vllm_plugin.pruning.selection import ItemSelection, select_items
+
+GRIDS = [(1, 5, 7), (1, 4, 4), (1, 3, 9)]
+HIDDEN = 24
+
+
+def _inputs(extra_columns: int = 0):
+    gen = torch.Generator().manual_seed(11)
+    embeds = [torch.randn(t * h * w, HIDDEN + extra_columns, generator=gen) for t, h, w in GRIDS]
+    torch.manual_seed(5)
+    scorer = TransformerScorer(HIDDEN)
+    scorer.reset_parameters(init_std=0.2)
+    return embeds, scorer
+
+
+def _device_scorer(scorer: TransformerScorer) -> TransformerScorer:
+    on_device = TransformerScorer(scorer.in_features, scorer.q_proj.out_features)
+    for module in ("q_proj", "k_proj"):
+        for name in ("weight", "bias"):
+            param = getattr(getattr(scorer, module), name).detach()
+            setattr(getattr(on_device, module), name, torch.nn.Parameter(as_device(param), requires_grad=False))
+    return on_device
+
+
+@pytest.mark.parametrize("extra_columns", [0, 40])
+@pytest.mark.parametrize("method", list_methods())
+def test_selection_path_has_no_sync(method, extra_columns) -> None:
+    embeds, scorer = _inputs(extra_columns)
+    choices = [ItemSelection(keep=k, method=method, seed=3) for k in (7, 16, 2)]  # 16 == N: the unpruned path
+    reference = select_items(embeds, GRIDS, choices, scorer, HIDDEN)
+    device_embeds = [as_device(e) for e in embeds]
+    with sync_guard():
+        out = select_items(device_embeds, GRIDS, choices, _device_scorer(scorer), HIDDEN)
+        packed = [with_channels(rows, coords) for rows, coords in out]
+    for (rows, coords), (ref_rows, ref_coords), item in zip(out, reference, packed):
+        assert torch.equal(to_host(rows), ref_rows) and torch.equal(to_host(coords), ref_coords)
+        assert to_host(item).shape[1] == HIDDEN + extra_columns + 6
+    assert [r.shape[0] for r, _ in reference] == [7, 16, 2]
+
+
+def test_hook_on_device_tensors_syncs_only_for_the_guarded_delta() -> None:
+    kept = [torch.tensor([0, 4, 9, 30]), torch.tensor([1, 2, 3, 15])]
+    grids = GRIDS[:2]
+    ids = [5, 5] + [9] + [100] * 4 + [9, 9] + [100] * 4 + [9, 5, 5, 5]
+    exact, delta = mrope_positions(ids, 100, grids, kept=kept)
+    spans = [MediaSpan(offset=3, length=4, grid=grids[0]), MediaSpan(offset=9, length=4, grid=grids[1])]
+    provisional, _ = mrope_positions_for_spans(len(ids), spans)
+    from vs_vllm.selection.positions import grid_coordinates
+
+    rows = [with_channels(torch.randn(4, HIDDEN), grid_coordinates(k, g).T) for k, g in zip(kept, grids)]
+    device_ids = as_device(torch.tensor(ids, dtype=torch.int32))
+    device_positions = as_device(provisional.to(torch.int32))
+    device_rows = [as_device(r) for r in rows]
+    with sync_guard() as log:
+        hidden, positions, new_delta = recompute_positions(device_ids, device_rows, device_positions.long(), 0,
+                                                           (100, 101), fill_media_positions)
+    assert torch.equal(to_host(positions), exact) and new_delta == delta
+    assert list(log) == [] and len(log.allowed) == 1  # the decode delta, inside gpu_sync_allowed()
+    assert torch.equal(to_host(hidden[0]), strip_channels(rows)[0][0])

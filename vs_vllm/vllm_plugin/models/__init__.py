@@ -1,1 +1,0 @@
-"""One file per architecture: the vLLM model + processor subclasses that select visual tokens."""

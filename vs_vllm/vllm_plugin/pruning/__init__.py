@@ -1,0 +1,1 @@
+"""Generic pruning machinery shared by every architecture adapter (see architecture notes in the README)."""

@@ -1,0 +1,116 @@
+"""What an architecture adapter says: only the facts that differ between architectures.
+
+The generic machinery (``processor.py``, ``model.py``) asks the adapter of the model class it is mixed into. The
+defaults here describe the Qwen2-VL family layout — media as flattened patches plus a ``(t, h, w)`` patch grid per
+item, merged ``spatial_merge_size``-square into LLM tokens, Qwen2-style M-RoPE — so the Qwen2-VL and Qwen2.5-VL
+adapters are a handful of lines; an architecture with another layout overrides the corresponding method.
+
+Every method that reaches into a vLLM model's protected API is listed in ``vs_vllm.vllm_plugin.patches.PRIVATE_API``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from vs_vllm.selection.positions import MediaSpan
+
+__all__ = ["ArchitectureAdapter"]
+
+
+class ArchitectureAdapter:
+    #: vLLM / HF architecture name the adapter's model class replaces.
+    architecture: ClassVar[str]
+    #: the vLLM model class extended, as "module:Class" (for the API-surface test).
+    vllm_model: ClassVar[str]
+    #: position scheme of ``vs_vllm.selection.position_schemes``.
+    position_scheme: ClassVar[str] = "qwen2_mrope"
+    #: modalities whose items are pruned; the others pass through unpruned (with "already positioned" channels).
+    pruned_modalities: ClassVar[tuple[str, ...]] = ("image",)
+    #: modality -> key of the model's ``_parse_and_validate_multimodal_inputs`` result.
+    parsed_input_keys: ClassVar[Mapping[str, str]] = {"image": "image", "video": "video"}
+    #: modality -> the processor field holding each item's patch grid (t, h, w).
+    grid_fields: ClassVar[Mapping[str, str]] = {"image": "image_grid_thw", "video": "video_grid_thw"}
+    #: modality -> the processor field holding the flattened patches.
+    pixel_fields: ClassVar[Mapping[str, str]] = {"image": "pixel_values", "video": "pixel_values_videos"}
+
+    @property
+    def private_api(self) -> tuple[Any, ...]:
+        """The vLLM protected methods the default encoder hooks below call (checked by the API-surface test)."""
+        from vs_vllm.vllm_plugin.patches import ApiTouch
+
+        where = f"adapter {type(self).__name__}"
+        return (
+            ApiTouch(f"{self.vllm_model}._parse_and_validate_multimodal_inputs", "call", ("self", "kwargs"),
+                     "parse the encoder kwargs exactly as the model does", where),
+            ApiTouch(f"{self.vllm_model}._process_image_input", "call", ("self", "image_input"),
+                     "run the vision tower on images", where),
+            ApiTouch(f"{self.vllm_model}._process_video_input", "call", ("self", "video_input"),
+                     "run the vision tower on videos", where),
+        )
+
+    # ---- token ids and grids -----------------------------------------------------------------------------------
+
+    def media_token_ids(self, hf_config: Any) -> dict[str, int]:
+        return {"image": int(hf_config.image_token_id), "video": int(hf_config.video_token_id)}
+
+    def merge_size(self, hf_config: Any) -> int:
+        return int(hf_config.vision_config.spatial_merge_size)
+
+    def llm_grids(self, grid_thw: torch.Tensor | Sequence[Sequence[int]], hf_config: Any) -> list[tuple[int, int, int]]:
+        """Each item's LLM-token grid from its patch grid (a CPU tensor: no device sync)."""
+        merge = self.merge_size(hf_config)
+        rows = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else grid_thw
+        return [(int(t), int(h) // merge, int(w) // merge) for t, h, w in rows]
+
+    def scored_width(self, hf_config: Any) -> int:
+        """Columns of a vision-output row the scorer reads (the LLM hidden size; later columns are gathered only)."""
+        return int(hf_config.get_text_config().hidden_size)
+
+    def placeholder_token_id(self, info: Any, hf_kwargs: Mapping[str, object], modality: str) -> int:
+        processor = info.get_hf_processor(**hf_kwargs)
+        return int(info.get_tokenizer().get_vocab()[getattr(processor, f"{modality}_token")])
+
+    # ---- encoder -------------------------------------------------------------------------------------------------
+
+    def parse_inputs(self, model: Any, kwargs: Mapping[str, object]) -> dict[str, Any]:
+        """modality -> parsed input, in the order vLLM's model would process them."""
+        parsed = model._parse_and_validate_multimodal_inputs(**kwargs)
+        by_key = {v: k for k, v in self.parsed_input_keys.items()}
+        return {by_key[key]: value for key, value in parsed.items() if value is not None}
+
+    def encode(self, model: Any, modality: str, mm_input: Any) -> Sequence[torch.Tensor]:
+        """Vision-tower outputs, one [N_i, D] tensor per item, in raster order."""
+        if modality == "image":
+            return model._process_image_input(mm_input)
+        return model._process_video_input(mm_input)
+
+    def item_grids_of(self, modality: str, mm_input: Any) -> torch.Tensor:
+        return mm_input[self.grid_fields[modality]]
+
+    def split_input(self, modality: str, mm_input: Any, start: int, end: int) -> Any:
+        """The parsed input restricted to items [start, end) — for micro-batching the vision tower."""
+        grid = mm_input[self.grid_fields[modality]]
+        if mm_input["type"] != self.pixel_fields[modality]:
+            raise ValueError(f"cannot split {modality} input of type {mm_input['type']!r}")
+        patches = grid.prod(-1).tolist()  # a CPU field: no device sync
+        first = sum(patches[:start])
+        last = first + sum(patches[start:end])
+        pixel_key = self.pixel_fields[modality]
+        return {"type": mm_input["type"], pixel_key: mm_input[pixel_key][first:last],
+                self.grid_fields[modality]: grid[start:end]}
+
+    def is_pixel_input(self, modality: str, mm_input: Any) -> bool:
+        return mm_input["type"] == self.pixel_fields[modality]
+
+    # ---- positions -------------------------------------------------------------------------------------------------
+
+    def media_spans(self, model: Any, mm_features: Sequence[Any]) -> list[MediaSpan]:
+        """The prompt's media spans (offset, placeholder count, LLM grid, temporal factor), in prompt order."""
+        lengths = {int(f.mm_position.offset): int(f.mm_position.length) for f in mm_features}
+        return [
+            MediaSpan(offset=offset, length=lengths[offset], grid=(t, h, w), t_factor=float(t_factor))
+            for offset, t, h, w, t_factor in model.iter_mm_grid_thw(mm_features)
+        ]

@@ -1,0 +1,188 @@
+"""Generic model side (worker process): vision tower -> selection -> K_i rows with position channels; the hook.
+
+Mixed in front of an architecture's vLLM model class by its adapter module. What it owns:
+
+- the scorer module (``visual.importance_scorer``, the original checkpoints' key path, so vLLM's weight loader fills
+  it from a VisionSelector checkpoint) and the decision whether one was loaded;
+- ``embed_multimodal``: parse (adapter) -> vision tower in micro-batches within the profiled encoder budget
+  (``encoder_budget.py``) -> selection (``selection.py``) -> rows + position channels (``channels.py``);
+- ``get_mrope_input_positions``: exact text positions around provisional media slots (the adapter's scheme);
+- ``recompute_mrope_positions``: vLLM's pruning hook (``hook.py``);
+- the guards: pruning switched on for this model's config *before* the base ``__init__`` reads it, encoder CUDA graphs
+  off (their path skips ``embed_multimodal``), vLLM's own video pruning refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+
+from vs_vllm.selection.checkpoint import load_scorer
+from vs_vllm.selection.position_schemes import PositionScheme, get_position_scheme
+from vs_vllm.selection.scorer import TransformerScorer
+from vs_vllm.vllm_plugin.options import ENV_SCORER, default_options
+from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
+from vs_vllm.vllm_plugin.pruning.adapter import ArchitectureAdapter
+from vs_vllm.vllm_plugin.pruning.channels import check_grid_fits, unpositioned, with_channels
+from vs_vllm.vllm_plugin.pruning.encoder_budget import plan_micro_batches
+from vs_vllm.vllm_plugin.pruning.fields import NO_SEED, field_names, method_name
+from vs_vllm.vllm_plugin.pruning.guards import refuse_vllm_video_pruning
+from vs_vllm.vllm_plugin.pruning.hook import decode_delta, recompute_positions
+from vs_vllm.vllm_plugin.pruning.selection import ItemSelection, select_items
+
+logger = logging.getLogger("vllm.plugins.vs_vllm")
+
+__all__ = ["PruningModelMixin"]
+
+
+class PruningModelMixin:
+    """Mixed in front of an architecture's vLLM model class (``class VsX(PruningModelMixin, X)``)."""
+
+    vs_adapter: ClassVar[ArchitectureAdapter]
+    # vLLM's SupportsMultiModalPruning marker: the runners call ``recompute_mrope_positions`` only for models that set
+    # it (Qwen2-VL's in-tree class does not).
+    supports_multimodal_pruning: ClassVar[bool] = True
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        refuse_vllm_video_pruning(vllm_config.model_config)
+        # Before the base __init__: in-tree models read the switch there (e.g. Qwen2.5-VL keeps encoder CUDA graphs on
+        # unless pruning is enabled when it is constructed).
+        enable_pruning_for(vllm_config.model_config)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
+        hf_config = vllm_config.model_config.hf_config
+        self.visual.importance_scorer = TransformerScorer(self.vs_adapter.scored_width(hf_config))
+        self.vs_scorer_loaded = False
+        self.vs_default_options = default_options()
+        # Unpruned LLM tokens one vision-tower call may carry: the encoder budget memory profiling was sized for.
+        self.vs_encoder_budget: int | None = int(vllm_config.scheduler_config.max_num_encoder_input_tokens) or None
+
+    @cached_property
+    def vs_hf_config(self) -> Any:
+        return self.config  # type: ignore[attr-defined]
+
+    @cached_property
+    def vs_media_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.vs_adapter.media_token_ids(self.vs_hf_config).values())
+
+    @cached_property
+    def vs_positions(self) -> PositionScheme:
+        return get_position_scheme(self.vs_adapter.position_scheme)
+
+    # ---- weights ---------------------------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = set(super().load_weights(weights))  # type: ignore[misc]
+        scorer = self.visual.importance_scorer
+        scorer_names = {f"visual.importance_scorer.{p}" for p, _ in scorer.named_parameters()}
+        path = os.environ.get(ENV_SCORER)
+        if path:
+            source = load_scorer(path, in_features=scorer.in_features)
+            scorer.load_state_dict(source.state_dict())
+            self.vs_scorer_loaded = True
+        else:
+            self.vs_scorer_loaded = scorer_names <= loaded
+        scorer.float()
+        default = self.vs_default_options
+        if default.selection_method == "visionselector" and default.retention_ratio < 1.0 and not self.vs_scorer_loaded:
+            raise ValueError(
+                "the default selection_method is 'visionselector' but the served weights have no "
+                "visual.importance_scorer.* tensors: pass --scorer SCORER to `vs-vllm serve` (a scorer file or "
+                "directory; extract one with `vs-vllm convert` or train one with `vs-vllm train`), or choose another "
+                "--selection-method"
+            )
+        # Without a scorer the (random) scorer parameters still count as loaded, so vLLM does not complain; requests
+        # that need them are refused by the processor.
+        return loaded | scorer_names
+
+    # ---- encoder ---------------------------------------------------------------------------------------------------
+
+    def embed_multimodal(self, **kwargs: object):
+        adapter = self.vs_adapter
+        fields = {}
+        for modality in adapter.pruned_modalities:
+            for name in field_names(modality):
+                fields[name] = kwargs.pop(name, None)
+        outputs: list[torch.Tensor] = []
+        for modality, mm_input in adapter.parse_inputs(self, kwargs).items():
+            if modality not in adapter.pruned_modalities:
+                outputs.extend(unpositioned(e) for e in adapter.encode(self, modality, mm_input))
+                continue
+            grids = adapter.llm_grids(adapter.item_grids_of(modality, mm_input), self.vs_hf_config)
+            embeds = self._vs_encode(modality, mm_input, grids)
+            choices = self._vs_choices(modality, fields, [int(e.shape[0]) for e in embeds])
+            for grid in grids:
+                check_grid_fits(grid)
+            kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
+                                adapter.scored_width(self.vs_hf_config))
+            outputs.extend(with_channels(rows, coords) for rows, coords in kept)
+        return outputs
+
+    def _vs_encode(self, modality: str, mm_input: Any, grids: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """The vision tower over all items, in micro-batches of at most ``vs_encoder_budget`` unpruned tokens."""
+        adapter = self.vs_adapter
+        groups = [(0, len(grids))]
+        if adapter.is_pixel_input(modality, mm_input):
+            groups = plan_micro_batches([t * h * w for t, h, w in grids], self.vs_encoder_budget)
+        if len(groups) == 1:
+            return list(adapter.encode(self, modality, mm_input))
+        logger.debug("vs-vllm: %d %s items in %d vision-tower calls (budget %s tokens)", len(grids), modality,
+                     len(groups), self.vs_encoder_budget)
+        out: list[torch.Tensor] = []
+        for start, end in groups:
+            out.extend(adapter.encode(self, modality, adapter.split_input(modality, mm_input, start, end)))
+        return out
+
+    def _vs_choices(self, modality: str, fields: dict[str, Any], lengths: list[int]) -> list[ItemSelection]:
+        keep_name, method_field, seed_name = field_names(modality)
+        count = len(lengths)
+        default_method = self.vs_default_options.selection_method
+        keep = _host_ints(fields[keep_name], count)
+        methods = _host_ints(fields[method_field], count)
+        seeds = _host_ints(fields[seed_name], count)
+        return [
+            ItemSelection(
+                keep=lengths[i] if keep is None else keep[i],
+                method=default_method if methods is None else method_name(methods[i]),
+                seed=None if seeds is None or seeds[i] == NO_SEED else seeds[i],
+            )
+            for i in range(count)
+        ]
+
+    def get_encoder_cudagraph_config(self):
+        """Encoder CUDA graphs replay the tower without ``embed_multimodal``: no graphs for any modality."""
+        config = super().get_encoder_cudagraph_config()  # type: ignore[misc]
+        return dataclasses.replace(config, modalities=[])
+
+    # ---- positions -------------------------------------------------------------------------------------------------
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        spans = self.vs_adapter.media_spans(self, mm_features)
+        return self.vs_positions.prompt_positions(len(input_tokens), spans)
+
+    def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
+        return recompute_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens,
+                                   self.vs_media_token_ids, self.vs_positions.fill_media_positions)
+
+    def _vs_decode_delta(self, input_ids, positions: torch.Tensor) -> int:
+        return decode_delta(input_ids, positions, self.vs_media_token_ids)
+
+
+def _host_ints(value: Any, count: int) -> list[int] | None:
+    """Per-item ints from a CPU field (``keep_on_cpu``), a list of CPU scalars, or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise ValueError(f"per-item selection fields must stay on the CPU (keep_on_cpu), got {value.device}")
+        out = [int(v) for v in value.flatten().tolist()]
+    else:
+        out = [int(v) for v in value]
+    if len(out) != count:
+        raise ValueError(f"{len(out)} per-item selection values for {count} items")
+    return out
