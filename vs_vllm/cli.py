@@ -214,17 +214,17 @@ examples:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the VisionSelector scorer on a frozen Qwen2.5-VL (transformers + accelerate)",
+        help="train the VisionSelector scorer on a frozen Qwen2.5-VL or Qwen2-VL (transformers + accelerate)",
         description=(
             "Train the learnable importance scorer (two D x D/2 projections) with a differentiable top-K at a fixed\n"
-            "retention ratio, on a frozen Qwen2.5-VL. Writes OUTPUT_DIR/scorer.safetensors (for `vs-vllm serve\n"
-            "--scorer`), train_log.jsonl (metrics per step) and, with --save-every, resumable checkpoint-<step>/."
+            "retention ratio, on a frozen Qwen2.5-VL or Qwen2-VL. Writes OUTPUT_DIR/scorer.safetensors (for\n"
+            "`vs-vllm serve --scorer`), train_log.jsonl (metrics per step) and, with --save-every, resumable checkpoint-<step>/."
         ),
         epilog=_TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--model", required=True, metavar="DIR", help="Qwen2.5-VL checkpoint (directory or hub id)")
+    g.add_argument("--model", required=True, metavar="DIR", help="Qwen2.5-VL or Qwen2-VL checkpoint (directory or hub id)")
     g.add_argument("--data", required=True, metavar="FILE", help="training data, .json or .jsonl")
     g.add_argument("--image-root", metavar="DIR", help="base directory of relative image paths (default: the data "
                    "file's directory)")

@@ -266,7 +266,9 @@ def test_scopes_run_on_mixed_batches(hf, tiny_model_dir, data_dir, tmp_path, sco
     assert math.isfinite(h["loss"]) and h["bce"] > 0 and 0 < h["p_kept"] < 1
 
 
-def test_cli_trains_end_to_end(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "tiny_qwen2_vl_dir"])
+def test_cli_trains_end_to_end(model_fixture: str, data_dir: Path, tmp_path: Path, request) -> None:
+    tiny_model_dir = request.getfixturevalue(model_fixture)
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(

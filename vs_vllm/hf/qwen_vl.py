@@ -30,7 +30,10 @@ from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.positions import mrope_positions
 
-__all__ = ["PrunedPrompt", "QwenVLSelector"]
+__all__ = ["MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
+
+#: transformers ``model_type`` values this reference (and ``vs-vllm train``, which shares its forward) supports.
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""One training forward of a frozen transformers Qwen2.5-VL with a soft-masked visual input.
+"""One training forward of a frozen transformers Qwen2-VL / Qwen2.5-VL with a soft-masked visual input.
 
     merger output X_i per image (no grad)  ->  scores (scorer, fp32, detached input)  ->  soft top-K mask p
     ->  p * X scattered into inputs_embeds at the <|image_pad|> slots (full length: nothing is dropped)
@@ -46,8 +46,8 @@ def training_forward(
 ) -> StepOutput:
     """Loss of one micro-batch (the output of :func:`~vs_vllm.training.data.collate_batch`, on the model's device).
 
-    ``model`` is a ``Qwen2_5_VLForConditionalGeneration`` whose parameters are all frozen; ``scorer`` is the
-    (possibly DDP-wrapped) :class:`~vs_vllm.selection.scorer.TransformerScorer`. ``autocast_dtype`` (bf16) applies to
+    ``model`` is a ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` whose parameters
+    are all frozen; ``scorer`` is the (possibly DDP-wrapped) :class:`~vs_vllm.selection.scorer.TransformerScorer`. ``autocast_dtype`` (bf16) applies to
     the frozen model only; the scorer, the soft top-K and both losses are fp32.
     """
     inner = model.model

@@ -326,23 +326,18 @@ class ScorerTrainer:
         return AutoProcessor.from_pretrained(self.config.model)
 
     def _load_model(self) -> Any:
-        from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoConfig, AutoModelForImageTextToText
 
         mcfg = AutoConfig.from_pretrained(self.config.model)
-        if getattr(mcfg, "model_type", None) != "qwen2_5_vl":
-            raise ValueError(
-                f"model: only Qwen2.5-VL checkpoints are supported for training, got model_type "
-                f"{getattr(mcfg, 'model_type', None)!r}"
-            )
+        _check_model_type(getattr(mcfg, "model_type", None))
         kwargs: dict[str, Any] = {"dtype": self.model_dtype}
         if self.config.attn_implementation:
             kwargs["attn_implementation"] = self.config.attn_implementation
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(self.config.model, **kwargs)
+        return AutoModelForImageTextToText.from_pretrained(self.config.model, **kwargs)
 
     def _freeze_model(self) -> None:
         model = self.model
-        if getattr(getattr(model, "config", None), "model_type", None) != "qwen2_5_vl":
-            raise ValueError("model: only Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) is supported for training")
+        _check_model_type(getattr(getattr(model, "config", None), "model_type", None))
         model.requires_grad_(False)
         model.to(device=self.device, dtype=self.model_dtype)
         if self.config.gradient_checkpointing:
@@ -533,3 +528,10 @@ class ScorerTrainer:
 def train_scorer(config: TrainConfig | Mapping[str, Any]) -> str:
     """Train a scorer as ``config`` says and return the path of the final scorer file (save_scorer format)."""
     return ScorerTrainer(config).train()
+
+
+def _check_model_type(model_type: object) -> None:
+    from vs_vllm.hf.qwen_vl import MODEL_TYPES
+
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model: training supports model_type {', '.join(MODEL_TYPES)}; got {model_type!r}")
