@@ -33,7 +33,7 @@ from vs_vllm.vllm_plugin.pruning.channels import check_grid_fits, unpositioned, 
 from vs_vllm.vllm_plugin.pruning.encoder_budget import plan_micro_batches
 from vs_vllm.vllm_plugin.pruning.fields import NO_SEED, field_names, method_name
 from vs_vllm.vllm_plugin.pruning.guards import refuse_vllm_video_pruning
-from vs_vllm.vllm_plugin.pruning.hook import decode_delta, recompute_positions
+from vs_vllm.vllm_plugin.pruning.hook import recompute_positions
 from vs_vllm.vllm_plugin.pruning.selection import ItemSelection, select_items
 
 logger = logging.getLogger("vllm.plugins.vs_vllm")
@@ -168,9 +168,6 @@ class PruningModelMixin:
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         return recompute_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens,
                                    self.vs_media_token_ids, self.vs_positions.fill_media_positions)
-
-    def _vs_decode_delta(self, input_ids, positions: torch.Tensor) -> int:
-        return decode_delta(input_ids, positions, self.vs_media_token_ids)
 
 
 def _host_ints(value: Any, count: int) -> list[int] | None:
