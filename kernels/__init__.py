@@ -9,3 +9,8 @@ from .common import Selection
 from .dispatch import gather_selected, resolve_backend, select_tokens
 
 __all__ = ["Selection", "gather_selected", "resolve_backend", "select_tokens"]
+
+# Learned + diversity selection (maximal marginal relevance), same contract as select_tokens.
+from .dispatch import select_tokens_mmr
+
+__all__ += ["select_tokens_mmr"]

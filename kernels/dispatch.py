@@ -6,7 +6,8 @@ Backend rule (first match wins):
 2. ``VS_VLLM_FORCE_TORCH_SELECT=1`` in the environment: torch.
 3. Automatic: CUDA (and ROCm) tensors use Triton when it is installed (except bf16 on CUDA devices below sm_80);
    CPU tensors use Triton only when ``TRITON_INTERPRET=1`` (tests); every other case uses torch.
-4. Automatic calls with more than 65535 images use torch (CUDA grid limit).
+4. Automatic calls with more than 65535 images use torch (CUDA grid limit). ``select_tokens_mmr`` uses torch on
+   automatic calls unless ``VS_VLLM_MMR_TRITON=1`` (its kernel is not yet measured on a GPU; see the function).
 5. If the automatic Triton path fails before it ever succeeded for that (device type, dtype), one RuntimeWarning
    says why and that combination uses torch from then on.
 
@@ -28,6 +29,8 @@ from .reference import gather_with_plan_ref, select_with_scores_ref
 __all__ = ["FORCE_TORCH_ENV", "Selection", "gather_selected", "reset_fallbacks", "resolve_backend", "select_tokens"]
 
 FORCE_TORCH_ENV = "VS_VLLM_FORCE_TORCH_SELECT"
+#: Opt-in for the MMR Triton kernel on automatic calls (``select_tokens_mmr``); torch otherwise.
+MMR_TRITON_ENV = "VS_VLLM_MMR_TRITON"
 _BACKENDS = ("torch", "triton")
 
 _lock = threading.Lock()
@@ -176,3 +179,52 @@ def gather_selected(
         return gather_with_plan_triton(x, plan, indices)
 
     return _run(x, backend, run_triton, run_torch, plan.num_images)
+
+
+def select_tokens_mmr(
+    x: torch.Tensor,
+    cu_seqlens,
+    keep_k,
+    q_weight: torch.Tensor,
+    q_bias: torch.Tensor,
+    k_weight: torch.Tensor,
+    k_bias: torch.Tensor,
+    lambdas,
+    grids=None,
+    backend: str | None = None,
+) -> Selection:
+    """VisionSelector scores + diversity by maximal marginal relevance: K_i tokens per image of a packed batch.
+
+    Same arguments and result contract as :func:`select_tokens`, plus ``lambdas``: one float in [0, 1] for every
+    image or one per image (host floats; see :mod:`vs_vllm.selection.mmr`). Per image the K_i tokens are chosen
+    greedily by ``lam * minmax(score) - (1 - lam) * max cosine similarity to the tokens already kept`` (ties to the
+    lowest index) and come back in ascending order; ``lam == 1`` is exactly :func:`select_tokens`' top-K.
+    Scores come from the same score pass as :func:`select_tokens`, rows and positions from the shared gather.
+    Automatic calls use torch unless ``VS_VLLM_MMR_TRITON=1`` (see below); an explicit ``backend="triton"`` never
+    falls back, as for the other entries.
+    """
+    from .mmr_reference import lambdas_for, select_mmr_with_plan_ref
+
+    if backend is None and not _env_flag(MMR_TRITON_ENV):
+        # Opt-in until measured on a GPU: the kernel runs one program per image, so every greedy step streams the
+        # image's N x D rows through a single SM; the torch path spreads each step's mat-vec over the whole device
+        # (and never waits for it). benchmarks/kernels/bench_mmr.py compares both wherever a GPU is available.
+        backend = "torch"
+    plan = make_plan(x, cu_seqlens, keep_k, grids)
+    check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
+    lams = lambdas_for(lambdas, plan.num_images)
+    if plan.num_images == 0:
+        return empty_selection(x, plan)
+
+    def run_torch():
+        return select_mmr_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias, lams)[0]
+
+    def run_triton():
+        from .mmr_select import select_mmr_with_plan_triton
+
+        return select_mmr_with_plan_triton(x, plan, q_weight, q_bias, k_weight, k_bias, lams)[0]
+
+    return _run(x, backend, run_triton, run_torch, plan.num_images)
+
+
+__all__ += ["select_tokens_mmr"]

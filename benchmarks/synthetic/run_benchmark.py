@@ -191,7 +191,7 @@ def target_kept(model_dir: Path, data_file: Path, scorer: Path | None, methods: 
 
     from vs_vllm.selection.budget import keep_count
     from vs_vllm.selection.checkpoint import load_scorer
-    from vs_vllm.selection.methods import select
+    from vs_vllm.selection.methods import needs_scorer, select
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
@@ -216,7 +216,7 @@ def target_kept(model_dir: Path, data_file: Path, scorer: Path | None, methods: 
         order = e.norm(dim=-1).argsort(descending=True).tolist()
         norm_rank.append(min(order.index(t) for t in r["meta"]["target_tokens"]))
     for method in methods:
-        if method == "visionselector" and sc is None:
+        if needs_scorer(method) and sc is None:
             continue
         for ratio in ratios:
             hits = 0

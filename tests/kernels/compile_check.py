@@ -23,6 +23,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from vs_vllm.kernels.mmr_select import compile_specs as mmr_compile_specs
 from vs_vllm.kernels.select import aligned_attrs, compile_specs
 
 
@@ -66,8 +67,8 @@ def main(argv: list[str]) -> int:
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         for dtype, aligned in cases:
-            for name, (fn, sig, constexprs, warps) in compile_specs(dtype).items():
-                reads_x = name.startswith(("score", "gather", "mean_partial"))
+            for name, (fn, sig, constexprs, warps) in {**compile_specs(dtype), **mmr_compile_specs(dtype)}.items():
+                reads_x = name.startswith(("score", "gather", "mean_partial", "mmr"))
                 if not aligned and not reads_x:
                     continue  # only the kernels that read x depend on its alignment
                 if dtype != "bf16" and not (reads_x or name.startswith(("kbar", "u_"))):

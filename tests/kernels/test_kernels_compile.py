@@ -68,3 +68,17 @@ def test_no_register_spills(compiled, arch):
     print(f"sm_{arch}: {report}")
     spilled = [f"{r['kernel']}/{r['dtype']}: {r['spill_stores']} bytes" for r in recs if r["spill_stores"]]
     assert not spilled, spilled
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mmr_kernels_compile(compiled, arch):
+    """The MMR kernels (kernels/mmr_select.py): every kernel has a compiled variant (both BLOCK_D widths)."""
+    from vs_vllm.kernels.mmr_select import MMR_KERNELS
+
+    recs = [r for r in compiled[arch] if r["kernel"].startswith("mmr")]
+    for name in MMR_KERNELS:
+        assert any(r["ok"] and r["kernel"].startswith(f"{name}_d") for r in recs), name
+    print(f"sm_{arch}: " + ", ".join(
+        f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}:{r.get('registers')}r/"
+        f"{r.get('spill_stores')}B-spill" for r in recs
+    ))

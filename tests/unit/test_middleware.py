@@ -109,6 +109,7 @@ def test_top_level_fields_move_into_mm_processor_kwargs() -> None:
         "retention_ratio": 0.25,
         "selection_method": "uniform",
         "selection_seed": 7,
+        "selection_lambda": 0,
         "temperature": 0.0,
     }
     resp = post(app, CHAT, json.dumps(body))
@@ -118,7 +119,8 @@ def test_top_level_fields_move_into_mm_processor_kwargs() -> None:
         "model": "m",
         "messages": [{"role": "user", "content": "hi ü"}],
         "temperature": 0.0,
-        "mm_processor_kwargs": {"retention_ratio": 0.25, "selection_method": "uniform", "selection_seed": 7},
+        "mm_processor_kwargs": {"retention_ratio": 0.25, "selection_method": "uniform", "selection_seed": 7,
+                                "selection_lambda": 0.0},
     }
     # The app saw a content-length that matches the rewritten body.
     assert resp.json()["content_length"] == str(len(app.received))
@@ -264,6 +266,13 @@ BAD_VALUES = [
     ("selection_seed", "1.5"),
     ("selection_seed", '"7"'),
     ("selection_seed", "true"),
+    ("selection_lambda", "-0.01"),
+    ("selection_lambda", "1.5"),
+    ("selection_lambda", "NaN"),
+    ("selection_lambda", '"0.5"'),
+    ("selection_lambda", "false"),
+    ("selection_lambda", "null"),
+    ("selection_lambda", "[0.5]"),
 ]
 
 

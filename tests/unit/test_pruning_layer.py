@@ -46,7 +46,7 @@ def test_unknown_method_id_fails_loudly() -> None:
 
 
 def test_field_names_are_per_modality() -> None:
-    assert field_names("image") == ("vs_image_keep_k", "vs_image_method_id", "vs_image_seed")
+    assert field_names("image") == ("vs_image_keep_k", "vs_image_method_id", "vs_image_seed", "vs_image_lambda")
     assert set(field_names("image")).isdisjoint(field_names("video"))
 
 

@@ -208,3 +208,13 @@ def test_zero_video_pruning_rate_and_scorer_directory_are_accepted(tmp_path) -> 
                                          environ={})
     assert env["VS_VLLM_SCORER"] == str(scorer_dir.resolve())
     assert "--video-pruning-rate" in cmd
+
+
+def test_selection_lambda_default_is_validated_and_exported() -> None:
+    _, env = serve.build_serve_command(["/models/x", "--selection-lambda", "0.25"], environ={})
+    assert env["VS_VLLM_SELECTION_LAMBDA"] == "0.25"
+    for bad in ("1.5", "-1", "nan", "x"):
+        with pytest.raises(serve.ServeError, match="--selection-lambda"):
+            serve.build_serve_command(["/models/x", "--selection-lambda", bad], environ={})
+    with pytest.raises(serve.ServeError, match="VS_VLLM_SELECTION_LAMBDA"):
+        serve.build_serve_command(["/models/x"], environ={"VS_VLLM_SELECTION_LAMBDA": "2"})

@@ -45,7 +45,8 @@ def _device_scorer(scorer: TransformerScorer) -> TransformerScorer:
 @pytest.mark.parametrize("method", list_methods())
 def test_selection_path_has_no_sync(method, extra_columns) -> None:
     embeds, scorer = _inputs(extra_columns)
-    choices = [ItemSelection(keep=k, method=method, seed=3) for k in (7, 16, 2)]  # 16 == N: the unpruned path
+    choices = [ItemSelection(keep=k, method=method, seed=3, selection_lambda=lam)  # 16 == N: the unpruned path
+               for k, lam in ((7, 0.5), (16, 0.0), (2, 0.2))]
     reference = select_items(embeds, GRIDS, choices, scorer, HIDDEN)
     device_embeds = [as_device(e) for e in embeds]
     with sync_guard():

@@ -48,15 +48,15 @@ def hf_reference(arch_setup, scorer_file):
     selector = QwenVLSelector(model, load_scorer(scorer_file))
     memo: dict = {}
 
-    def run(images_key, images, ratio, method="visionselector", seed=None):
-        key = (images_key, ratio, method, seed)
+    def run(images_key, images, ratio, method="visionselector", seed=None, selection_lambda=0.5):
+        key = (images_key, ratio, method, seed, selection_lambda)
         if key not in memo:
             content = [{"type": "image"} for _ in images] + [{"type": "text", "text": QUESTION}]
             prompt = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                               tokenize=False)
             inputs = proc(text=[prompt], images=list(images), return_tensors="pt")
             tokens, pruned = selector.generate(inputs, ratio=ratio, method=method, max_new_tokens=MAX_TOKENS,
-                                               seed=seed)
+                                               seed=seed, selection_lambda=selection_lambda)
             memo[key] = (tokens, pruned.prompt_tokens, pruned.visual_kept, pruned.visual_total)
         return memo[key]
 
@@ -120,7 +120,7 @@ def _visual_counts(key):
     return counts
 
 
-@pytest.mark.parametrize("method", ["random", "uniform", "norm", "divprune", "dart"])
+@pytest.mark.parametrize("method", ["random", "uniform", "norm", "divprune", "dart", "visionselector_mmr"])
 def test_other_methods_match_hf_reference(arch_setup, hf_reference, method) -> None:
     plugin_server = arch_setup[3]
     images = _images("two-images")
@@ -128,6 +128,34 @@ def test_other_methods_match_hf_reference(arch_setup, hf_reference, method) -> N
     resp = _chat(plugin_server, images, retention_ratio=0.3, selection_method=method, selection_seed=7)
     assert resp.usage.prompt_tokens == prompt_tokens
     assert resp.choices[0].token_ids == tokens
+
+
+@pytest.mark.parametrize("key", ["square", "two-images", "three-images"])
+@pytest.mark.parametrize("ratio", [0.5, 0.1])
+def test_learned_diversity_selection_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
+    """visionselector_mmr with a per-request lambda: prompt size and greedy tokens equal the HF reference."""
+    plugin_server = arch_setup[3]
+    images = _images(key)
+    tokens, prompt_tokens, _, _ = hf_reference(key, images, ratio, "visionselector_mmr", None, 0.3)
+    resp = _chat(plugin_server, images, retention_ratio=ratio, selection_method="visionselector_mmr",
+                 selection_lambda=0.3)
+    assert resp.usage.prompt_tokens == prompt_tokens
+    assert resp.choices[0].token_ids == tokens
+
+
+def test_lambda_one_is_visionselector_and_lambda_changes_the_choice(arch_setup, hf_reference) -> None:
+    plugin_server = arch_setup[3]
+    images = _images("three-images")
+    learned = _chat(plugin_server, images, retention_ratio=0.1)
+    at_one = _chat(plugin_server, images, retention_ratio=0.1, selection_method="visionselector_mmr",
+                   selection_lambda=1)
+    assert at_one.choices[0].token_ids == learned.choices[0].token_ids
+    assert at_one.usage.prompt_tokens == learned.usage.prompt_tokens
+    for lam in (0.0, 0.7):
+        tokens, _, _, _ = hf_reference("three-images", images, 0.1, "visionselector_mmr", None, lam)
+        resp = _chat(plugin_server, images, retention_ratio=0.1, selection_method="visionselector_mmr",
+                     selection_lambda=lam)
+        assert resp.choices[0].token_ids == tokens, lam
 
 
 def test_same_image_at_changing_ratios_with_prefix_caching(arch_setup, hf_reference) -> None:
@@ -196,6 +224,9 @@ BAD_INPUTS = [
     ({"selection_method": "nope"}, "selection_method"),
     ({"selection_method": 3}, "selection_method"),
     ({"selection_seed": -1}, "selection_seed"),
+    ({"selection_lambda": 1.01}, "selection_lambda"),
+    ({"selection_lambda": "0.5"}, "selection_lambda"),
+    ({"mm_processor_kwargs": {"selection_lambda": -1}}, "selection_lambda"),
     ({"mm_processor_kwargs": {"max_pixels": 1000000}}, "max_pixels"),
     ({"mm_processor_kwargs": {"retention_ratio": 2}}, "retention_ratio"),
 ]
@@ -238,7 +269,7 @@ def test_fifty_concurrent_mixed_requests(arch_setup, hf_reference) -> None:
     plugin_server = arch_setup[3]
     cases = []
     ratios = [1.0, 0.5, 0.3, 0.1]
-    methods = ["visionselector", "random", "uniform", "norm", "divprune", "dart"]
+    methods = ["visionselector", "random", "uniform", "norm", "divprune", "dart", "visionselector_mmr"]
     keys = list(IMAGE_SETS)
     for i in range(52):
         cases.append((keys[i % len(keys)], ratios[i % len(ratios)], methods[(i // 2) % len(methods)]))

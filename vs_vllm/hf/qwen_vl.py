@@ -28,6 +28,7 @@ import torch
 
 from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
+from vs_vllm.selection.mmr import DEFAULT_LAMBDA
 from vs_vllm.selection.positions import mrope_positions
 
 __all__ = ["MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
@@ -90,6 +91,7 @@ class QwenVLSelector:
         ratio: float = 1.0,
         method: str = "visionselector",
         seed: int | None = None,
+        selection_lambda: float = DEFAULT_LAMBDA,
     ) -> PrunedPrompt:
         """Select, prune and position one processed prompt (the processor's output for batch size 1)."""
         ratio = validate_ratio(ratio)
@@ -111,7 +113,8 @@ class QwenVLSelector:
                 if k == feat.shape[0]:
                     kept.append(torch.arange(k, device=feat.device))
                 else:
-                    kept.append(select(method, feat, grid, k, scorer=self.scorer, seed=seed))
+                    kept.append(select(method, feat, grid, k, scorer=self.scorer, seed=seed,
+                                       selection_lambda=selection_lambda))
             is_image = ids == self.image_token_id
             keep_mask = ~is_image
             image_slots = is_image.nonzero().flatten()
@@ -146,11 +149,12 @@ class QwenVLSelector:
         max_new_tokens: int = 16,
         seed: int | None = None,
         eos_token_ids: Sequence[int] = (),
+        selection_lambda: float = DEFAULT_LAMBDA,
     ) -> tuple[list[int], PrunedPrompt]:
         """Greedy decoding on the pruned prompt. Returns the generated ids and the pruned prompt."""
         from transformers import DynamicCache
 
-        prompt = self.prepare(inputs, ratio=ratio, method=method, seed=seed)
+        prompt = self.prepare(inputs, ratio=ratio, method=method, seed=seed, selection_lambda=selection_lambda)
         lm = self.model.model.language_model
         cache = DynamicCache(config=self.config.get_text_config())
         out = lm(inputs_embeds=prompt.inputs_embeds, position_ids=prompt.position_ids, past_key_values=cache,

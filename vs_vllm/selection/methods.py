@@ -16,6 +16,7 @@ which also checks the output contract. Adding a method means one decorated funct
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -24,14 +25,18 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from vs_vllm.selection.mmr import DEFAULT_LAMBDA, mmr_select
 from vs_vllm.selection.scorer import TransformerScorer, importance_scores
 from vs_vllm.selection.topk import select_topk, validate_k
 
 __all__ = [
     "DEFAULT_RANDOM_SEED",
+    "LEARNED_METHODS",
+    "METHOD_OPTIONS",
     "SelectionMethod",
     "get_method",
     "list_methods",
+    "needs_scorer",
     "register_method",
     "select",
 ]
@@ -68,6 +73,14 @@ def register_method(name: str, *, replace: bool = False) -> Callable[[SelectionM
         return fn
 
     return decorator
+
+
+#: Methods that read the learned scorer (a server without scorer weights refuses them).
+LEARNED_METHODS = frozenset({"visionselector", "visionselector_mmr"})
+
+
+def needs_scorer(name: str) -> bool:
+    return name in LEARNED_METHODS
 
 
 def list_methods() -> list[str]:
@@ -131,9 +144,13 @@ def visionselector(embeddings, grid, k, *, scorer=None, seed=None):
     n, _, k = _check_inputs(embeddings, grid, k)
     if k == n:
         return _identity(n, embeddings.device)
+    return select_topk(_learned_scores(embeddings, scorer, "visionselector"), k)
+
+
+def _learned_scores(embeddings: torch.Tensor, scorer: TransformerScorer | None, method: str) -> torch.Tensor:
     if scorer is None:
         raise ValueError(
-            "selection method 'visionselector' needs a trained scorer: pass scorer=load_scorer(path) "
+            f"selection method {method!r} needs a trained scorer: pass scorer=load_scorer(path) "
             "(convert an original checkpoint with `vs-vllm convert SRC_DIR OUT_FILE`)"
         )
     d = embeddings.shape[1]
@@ -143,14 +160,21 @@ def visionselector(embeddings, grid, k, *, scorer=None, seed=None):
             f"(embeddings shape {tuple(embeddings.shape)})"
         )
     with torch.no_grad():
-        scores = importance_scores(
-            embeddings.detach(),
-            scorer.q_proj.weight,
-            scorer.q_proj.bias,
-            scorer.k_proj.weight,
-            scorer.k_proj.bias,
-        )
-    return select_topk(scores, k)
+        return importance_scores(embeddings.detach(), scorer.q_proj.weight, scorer.q_proj.bias,
+                                 scorer.k_proj.weight, scorer.k_proj.bias)
+
+
+@register_method("visionselector_mmr")
+def visionselector_mmr(embeddings, grid, k, *, scorer=None, seed=None, selection_lambda=DEFAULT_LAMBDA):
+    """VisionSelector scores + diversity by maximal marginal relevance (IDPruner, arXiv 2602.13315).
+
+    Greedy: ``selection_lambda * minmax(score) - (1 - selection_lambda) * max cosine similarity to the tokens already
+    kept``; ``selection_lambda = 1`` is exactly ``visionselector``. See :mod:`vs_vllm.selection.mmr`.
+    """
+    n, _, k = _check_inputs(embeddings, grid, k)
+    if k == n:
+        return _identity(n, embeddings.device)
+    return mmr_select(_learned_scores(embeddings, scorer, "visionselector_mmr"), embeddings, k, selection_lambda)
 
 
 @register_method("random")
@@ -301,6 +325,18 @@ def dart(embeddings, grid, k, *, scorer=None, seed=None):
 # The entry point engines use.
 
 
+#: Per-request options only some methods take (``selection_lambda``: ``visionselector_mmr``). :func:`select` passes
+#: each to the methods whose signature names it, so engines can hand every request's options to any method.
+METHOD_OPTIONS = ("selection_lambda",)
+
+
+def _method_kwargs(fn: SelectionMethod, kwargs: dict) -> dict:
+    if not any(name in kwargs for name in METHOD_OPTIONS):
+        return kwargs
+    accepted = inspect.signature(fn).parameters
+    return {key: value for key, value in kwargs.items() if key not in METHOD_OPTIONS or key in accepted}
+
+
 def select(
     method: str | SelectionMethod,
     embeddings: torch.Tensor,
@@ -320,7 +356,7 @@ def select(
     fn = get_method(method) if isinstance(method, str) else method
     name = method if isinstance(method, str) else getattr(method, "__name__", repr(method))
     n, dims, k = _check_inputs(embeddings, grid, k)
-    out = fn(embeddings, dims, k, **kwargs)
+    out = fn(embeddings, dims, k, **_method_kwargs(fn, kwargs))
     if check_output is None:
         check_output = embeddings.device.type == "cpu"
     problem = None

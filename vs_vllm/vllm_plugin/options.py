@@ -1,13 +1,15 @@
 """Per-request selection options: their names, defaults and validation — shared by the HTTP layer and the processor.
 
 A request chooses ``retention_ratio`` (0 < r <= 1), ``selection_method`` (a registered method) and optionally
-``selection_seed`` (for ``random``). They travel to vLLM's multimodal processor inside ``mm_processor_kwargs``, which
+``selection_seed`` (for ``random``) and ``selection_lambda`` (0 <= lambda <= 1, the score/diversity trade-off of
+``visionselector_mmr``). They travel to vLLM's multimodal processor inside ``mm_processor_kwargs``, which
 vLLM hashes into every multimodal cache key, so different ratios never share cache entries. Server-wide defaults come
 from the environment that ``vs-vllm serve`` sets (and plain ``vllm serve`` users can set themselves):
 
     VS_VLLM_ENABLE=1                   turn the plugin on (installed but not enabled = stock vLLM)
     VS_VLLM_RETENTION_RATIO=0.3        default ratio (1.0 = keep everything)
     VS_VLLM_SELECTION_METHOD=uniform   default method
+    VS_VLLM_SELECTION_LAMBDA=0.5       default selection_lambda (visionselector_mmr)
     VS_VLLM_SCORER=/path/scorer.safetensors   scorer weights (else the checkpoint's visual.importance_scorer.*)
 """
 
@@ -19,9 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vs_vllm.selection.budget import validate_ratio
+from vs_vllm.selection.mmr import DEFAULT_LAMBDA, validate_lambda
 
 __all__ = [
     "ENV_ENABLE",
+    "ENV_LAMBDA",
     "ENV_METHOD",
     "ENV_RATIO",
     "ENV_SCORER",
@@ -38,11 +42,13 @@ ENV_ENABLE = "VS_VLLM_ENABLE"
 ENV_RATIO = "VS_VLLM_RETENTION_RATIO"
 ENV_METHOD = "VS_VLLM_SELECTION_METHOD"
 ENV_SCORER = "VS_VLLM_SCORER"
+ENV_LAMBDA = "VS_VLLM_SELECTION_LAMBDA"
 
 RATIO = "retention_ratio"
 METHOD = "selection_method"
 SEED = "selection_seed"
-OPTION_NAMES = (RATIO, METHOD, SEED)
+LAMBDA = "selection_lambda"
+OPTION_NAMES = (RATIO, METHOD, SEED, LAMBDA)
 
 
 class OptionError(ValueError):
@@ -58,6 +64,7 @@ class SelectionOptions:
     retention_ratio: float = 1.0
     selection_method: str = "visionselector"
     selection_seed: int | None = None
+    selection_lambda: float = DEFAULT_LAMBDA
 
 
 def is_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -85,6 +92,13 @@ def _validate_seed(value: object) -> int | None:
     return int(value)
 
 
+def _validate_lambda(value: object) -> float:
+    try:
+        return validate_lambda(value, name=LAMBDA)
+    except ValueError as exc:
+        raise OptionError(LAMBDA, str(exc)) from None
+
+
 def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
     """Server-wide defaults from the environment; a bad value raises ValueError naming the variable."""
     env = os.environ if env is None else env
@@ -98,7 +112,12 @@ def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
         method = _validate_method(method)
     except OptionError as exc:
         raise ValueError(f"{ENV_METHOD}={method!r}: {exc}") from None
-    return SelectionOptions(retention_ratio=ratio, selection_method=method)
+    lambda_text = env.get(ENV_LAMBDA)
+    try:
+        lam = validate_lambda(float(lambda_text), name=ENV_LAMBDA) if lambda_text else DEFAULT_LAMBDA
+    except ValueError as exc:
+        raise ValueError(f"{ENV_LAMBDA}={lambda_text!r}: {exc}") from None
+    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_lambda=lam)
 
 
 def parse_options(values: Mapping[str, object], defaults: SelectionOptions | None = None) -> SelectionOptions:
@@ -115,7 +134,8 @@ def parse_options(values: Mapping[str, object], defaults: SelectionOptions | Non
             raise OptionError(RATIO, str(exc)) from None
     method = _validate_method(values[METHOD]) if METHOD in values else base.selection_method
     seed = _validate_seed(values[SEED]) if SEED in values else base.selection_seed
-    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_seed=seed)
+    lam = _validate_lambda(values[LAMBDA]) if LAMBDA in values else base.selection_lambda
+    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_seed=seed, selection_lambda=lam)
 
 
 def split_options(kwargs: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vs_vllm.vllm_plugin.options import ENV_ENABLE, ENV_METHOD, ENV_RATIO, ENV_SCORER
+from vs_vllm.vllm_plugin.options import ENV_ENABLE, ENV_LAMBDA, ENV_METHOD, ENV_RATIO, ENV_SCORER
 
 __all__ = ["MIDDLEWARE", "ServeError", "build_parser", "build_serve_command", "format_command", "main"]
 
@@ -28,7 +28,7 @@ MIDDLEWARE = "vs_vllm.vllm_plugin.middleware.RetentionMiddleware"
 TRUST_FLAG = "--trust-request-mm-kwargs"
 _NO_TRUST_FLAG = "--no-trust-request-mm-kwargs"
 _MIDDLEWARE_FLAG = "--middleware"
-_OUR_ENV = (ENV_ENABLE, ENV_RATIO, ENV_METHOD, ENV_SCORER)
+_OUR_ENV = (ENV_ENABLE, ENV_RATIO, ENV_METHOD, ENV_LAMBDA, ENV_SCORER)
 
 
 class ServeError(ValueError):
@@ -47,8 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--selection-method",
         metavar="M",
-        help="server-wide default selection method, e.g. visionselector (needs scorer weights), uniform, random "
-        "(sets VS_VLLM_SELECTION_METHOD; default visionselector)",
+        help="server-wide default selection method, e.g. visionselector or visionselector_mmr (both need scorer "
+        "weights), uniform, random (sets VS_VLLM_SELECTION_METHOD; default visionselector)",
+    )
+    p.add_argument(
+        "--selection-lambda",
+        metavar="L",
+        help="server-wide default score/diversity trade-off of visionselector_mmr, 0 <= L <= 1 (1 = visionselector's "
+        "own choice, 0 = pure diversity; sets VS_VLLM_SELECTION_LAMBDA; default 0.5)",
     )
     p.add_argument(
         "--scorer",
@@ -122,6 +128,13 @@ def _plan(
         except OptionError as exc:
             raise ServeError(f"--selection-method {args.selection_method}: {exc}") from None
         env[ENV_METHOD] = args.selection_method
+    if args.selection_lambda is not None:
+        from vs_vllm.selection.mmr import validate_lambda
+
+        try:
+            env[ENV_LAMBDA] = repr(validate_lambda(float(args.selection_lambda), name="selection lambda"))
+        except ValueError as exc:
+            raise ServeError(f"--selection-lambda {args.selection_lambda}: {exc}") from None
     if args.scorer is not None:
         scorer = Path(args.scorer).expanduser()
         if not scorer.exists():

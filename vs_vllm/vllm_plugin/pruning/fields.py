@@ -21,9 +21,9 @@ __all__ = ["NO_SEED", "UnknownMethodId", "field_names", "method_id", "method_nam
 NO_SEED = -1
 
 
-def field_names(modality: str) -> tuple[str, str, str]:
-    """(keep_k, method_id, seed) field names of one modality."""
-    return (f"vs_{modality}_keep_k", f"vs_{modality}_method_id", f"vs_{modality}_seed")
+def field_names(modality: str) -> tuple[str, str, str, str]:
+    """(keep_k, method_id, seed, lambda) field names of one modality."""
+    return (f"vs_{modality}_keep_k", f"vs_{modality}_method_id", f"vs_{modality}_seed", f"vs_{modality}_lambda")
 
 
 def method_id(name: str) -> int:

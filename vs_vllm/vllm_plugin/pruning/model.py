@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from vs_vllm.selection.checkpoint import load_scorer
+from vs_vllm.selection.methods import needs_scorer
 from vs_vllm.selection.position_schemes import PositionScheme, get_position_scheme
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.vllm_plugin.options import ENV_SCORER, default_options
@@ -89,9 +90,9 @@ class PruningModelMixin:
             self.vs_scorer_loaded = scorer_names <= loaded
         scorer.float()
         default = self.vs_default_options
-        if default.selection_method == "visionselector" and default.retention_ratio < 1.0 and not self.vs_scorer_loaded:
+        if needs_scorer(default.selection_method) and default.retention_ratio < 1.0 and not self.vs_scorer_loaded:
             raise ValueError(
-                "the default selection_method is 'visionselector' but the served weights have no "
+                f"the default selection_method is {default.selection_method!r} but the served weights have no "
                 "visual.importance_scorer.* tensors: pass --scorer SCORER to `vs-vllm serve` (a scorer file or "
                 "directory; extract one with `vs-vllm convert` or train one with `vs-vllm train`), or choose another "
                 "--selection-method"
@@ -139,17 +140,19 @@ class PruningModelMixin:
         return out
 
     def _vs_choices(self, modality: str, fields: dict[str, Any], lengths: list[int]) -> list[ItemSelection]:
-        keep_name, method_field, seed_name = field_names(modality)
+        keep_name, method_field, seed_name, lambda_name = field_names(modality)
         count = len(lengths)
-        default_method = self.vs_default_options.selection_method
-        keep = _host_ints(fields[keep_name], count)
-        methods = _host_ints(fields[method_field], count)
-        seeds = _host_ints(fields[seed_name], count)
+        default = self.vs_default_options
+        keep = _host_values(fields[keep_name], count, int)
+        methods = _host_values(fields[method_field], count, int)
+        seeds = _host_values(fields[seed_name], count, int)
+        lambdas = _host_values(fields[lambda_name], count, float)
         return [
             ItemSelection(
                 keep=lengths[i] if keep is None else keep[i],
-                method=default_method if methods is None else method_name(methods[i]),
+                method=default.selection_method if methods is None else method_name(methods[i]),
                 seed=None if seeds is None or seeds[i] == NO_SEED else seeds[i],
+                selection_lambda=default.selection_lambda if lambdas is None else lambdas[i],
             )
             for i in range(count)
         ]
@@ -170,16 +173,16 @@ class PruningModelMixin:
                                    self.vs_media_token_ids, self.vs_positions.fill_media_positions)
 
 
-def _host_ints(value: Any, count: int) -> list[int] | None:
-    """Per-item ints from a CPU field (``keep_on_cpu``), a list of CPU scalars, or None when absent."""
+def _host_values(value: Any, count: int, kind: type) -> list | None:
+    """Per-item values from a CPU field (``keep_on_cpu``), a list of CPU scalars, or None when absent."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
         if value.device.type != "cpu":
             raise ValueError(f"per-item selection fields must stay on the CPU (keep_on_cpu), got {value.device}")
-        out = [int(v) for v in value.flatten().tolist()]
+        out = [kind(v) for v in value.flatten().tolist()]
     else:
-        out = [int(v) for v in value]
+        out = [kind(v) for v in value]
     if len(out) != count:
         raise ValueError(f"{len(out)} per-item selection values for {count} items")
     return out

@@ -22,7 +22,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
 from vs_vllm.selection.budget import keep_count
-from vs_vllm.selection.methods import list_methods
+from vs_vllm.selection.methods import list_methods, needs_scorer
 from vs_vllm.vllm_plugin.options import ENV_SCORER, SelectionOptions, default_options, parse_options, split_options
 from vs_vllm.vllm_plugin.pruning.adapter import ArchitectureAdapter
 from vs_vllm.vllm_plugin.pruning.fields import NO_SEED, field_names, method_id
@@ -63,11 +63,12 @@ class PruningProcessingInfoMixin:
 
     def options_for(self, hf_kwargs: Mapping[str, object]) -> SelectionOptions:
         options = parse_options(split_options(hf_kwargs)[0], self.default_options)
-        if options.selection_method == "visionselector" and options.retention_ratio < 1.0 and not self.has_scorer:
+        method = options.selection_method
+        if needs_scorer(method) and options.retention_ratio < 1.0 and not self.has_scorer:
             raise ValueError(
-                "selection_method 'visionselector' needs scorer weights, and this server has none: start it with "
+                f"selection_method {method!r} needs scorer weights, and this server has none: start it with "
                 "`vs-vllm serve MODEL --scorer SCORER` or choose another selection_method "
-                f"({', '.join(m for m in list_methods() if m != 'visionselector')})"
+                f"({', '.join(m for m in list_methods() if not needs_scorer(m))})"
             )
         return options
 
@@ -93,11 +94,14 @@ class PruningProcessorMixin:
                 options = self.info.options_for(hf_processor_mm_kwargs)  # type: ignore[attr-defined]
             hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
             totals = [t * h * w for t, h, w in adapter.llm_grids(torch.as_tensor(grid), hf_config)]
-            keep_name, method_name, seed_name = field_names(modality)
+            keep_name, method_name, seed_name, lambda_name = field_names(modality)
+            count = len(totals)
             processed_data[keep_name] = torch.tensor([keep_count(n, options.retention_ratio) for n in totals])
-            processed_data[method_name] = torch.full((len(totals),), method_id(options.selection_method))
+            processed_data[method_name] = torch.full((count,), method_id(options.selection_method))
             seed = NO_SEED if options.selection_seed is None else options.selection_seed
-            processed_data[seed_name] = torch.full((len(totals),), seed, dtype=torch.long)
+            processed_data[seed_name] = torch.full((count,), seed, dtype=torch.long)
+            # float64: the request's lambda arrives in the worker exactly as validated
+            processed_data[lambda_name] = torch.full((count,), options.selection_lambda, dtype=torch.float64)
         return processed_data
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):

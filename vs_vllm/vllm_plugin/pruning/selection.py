@@ -1,7 +1,7 @@
 """Selection dispatch for one modality of one encoder call: K_i rows (and their (t, h, w)) per media item.
 
-``visionselector`` items of the call go through the fused kernels together (one packed batch); every other method
-goes through the shared registry (``vs_vllm.selection.methods``) and the shared gather. Everything the host already
+``visionselector`` and ``visionselector_mmr`` items of the call go through the kernels dispatcher together (one
+packed batch per method); every other method goes through the shared registry (``vs_vllm.selection.methods``) and the shared gather. Everything the host already
 knows — N_i from the tensors' shapes, K_i, methods and seeds from the processor's CPU fields, grids from the CPU grid
 field — stays on the host, so this path never synchronises with the device (tested under
 ``vs_vllm.testing.sync_guard``).
@@ -18,9 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from vs_vllm.selection.methods import select
+from vs_vllm.selection.mmr import DEFAULT_LAMBDA
 from vs_vllm.selection.positions import grid_coordinates
 
-__all__ = ["ItemSelection", "select_items"]
+__all__ = ["PACKED_METHODS", "ItemSelection", "select_items"]
+
+#: Learned methods whose items of one encoder call run together through the kernels dispatcher (one score pass for
+#: the packed batch); every other method runs per item through the registry.
+PACKED_METHODS = ("visionselector", "visionselector_mmr")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class ItemSelection:
     keep: int
     method: str
     seed: int | None = None
+    selection_lambda: float = DEFAULT_LAMBDA
 
 
 def _coordinates(n: int, grid: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -45,7 +51,7 @@ def select_items(
     scored_width: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per item: (rows [K_i, D_full], coords [K_i, 3] int64), in the items' order."""
-    from vs_vllm.kernels import gather_selected, select_tokens
+    from vs_vllm.kernels import gather_selected, select_tokens, select_tokens_mmr
 
     count = len(embeds)
     if not (len(grids) == len(choices) == count):
@@ -59,25 +65,29 @@ def select_items(
     def scored(x: torch.Tensor) -> torch.Tensor:
         return x if scored_width is None or scored_width >= x.shape[1] else x[:, :scored_width]
 
-    learned = [i for i in range(count) if out[i] is None and choices[i].method == "visionselector"]
-    if learned:
+    for method in PACKED_METHODS:
+        packed = [i for i in range(count) if out[i] is None and choices[i].method == method]
+        if not packed:
+            continue
         if scorer is None:
-            raise ValueError("selection method 'visionselector' needs a scorer and this model has none")
-        x_full = torch.cat([embeds[i] for i in learned]) if len(learned) > 1 else embeds[learned[0]]
-        cu = [0]
-        for i in learned:
+            raise ValueError(f"selection method {method!r} needs a scorer and this model has none")
+        x_full = torch.cat([embeds[i] for i in packed]) if len(packed) > 1 else embeds[packed[0]]
+        cu, cu_keep = [0], [0]
+        for i in packed:
             cu.append(cu[-1] + lengths[i])
-        keep = [choices[i].keep for i in learned]
-        learned_grids = [grids[i] for i in learned]
-        sel = select_tokens(scored(x_full), cu, keep, scorer.q_proj.weight, scorer.q_proj.bias,
-                            scorer.k_proj.weight, scorer.k_proj.bias, grids=learned_grids)
-        cu_keep = [0]
-        for k in keep:
-            cu_keep.append(cu_keep[-1] + k)
+            cu_keep.append(cu_keep[-1] + choices[i].keep)
+        keep = [choices[i].keep for i in packed]
+        packed_grids = [grids[i] for i in packed]
+        weights = (scorer.q_proj.weight, scorer.q_proj.bias, scorer.k_proj.weight, scorer.k_proj.bias)
+        if method == "visionselector":
+            sel = select_tokens(scored(x_full), cu, keep, *weights, grids=packed_grids)
+        else:
+            sel = select_tokens_mmr(scored(x_full), cu, keep, *weights, [choices[i].selection_lambda for i in packed],
+                                    grids=packed_grids)
         rows = sel.rows
         if scored(x_full) is not x_full:
-            rows = gather_selected(x_full, cu, sel.indices, cu_keep, grids=learned_grids).rows
-        for j, i in enumerate(learned):
+            rows = gather_selected(x_full, cu, sel.indices, cu_keep, grids=packed_grids).rows
+        for j, i in enumerate(packed):
             a, b = cu_keep[j], cu_keep[j + 1]
             out[i] = (rows[a:b], sel.positions[a:b])
 
@@ -86,7 +96,7 @@ def select_items(
             continue
         choice, n = choices[i], lengths[i]
         idx = select(choice.method, scored(embeds[i]), grids[i], choice.keep, scorer=scorer, seed=choice.seed,
-                     check_output=False)
+                     selection_lambda=choice.selection_lambda, check_output=False)
         sel = gather_selected(embeds[i], [0, n], idx, [0, choice.keep], grids=[grids[i]])
         out[i] = (sel.rows, sel.positions)
     return out  # type: ignore[return-value]

@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""Benchmark MMR selection (learned + diversity, ``vs_vllm.selection.mmr``): the cost of choosing K of N tokens.
+
+The op is timed alone, given the scores (the score pass is the same as VisionSelector's, see bench_select.py):
+
+- CPU:  the plain-torch reference ``mmr_select`` per image, fp32 rows, ``--threads`` intra-op threads (default 2);
+        the Triton kernel is not run (the interpreter would measure numpy, not the kernel).
+- CUDA: the torch reference (``mmr_select_ref``, per image) vs the Triton kernel (``mmr_select_triton``), bf16 rows,
+        timed with CUDA events (medians); per-image cost = batch time / images, for 1 image and for a batch of
+        ``--batch`` images (the kernel runs one program per image, so a batch fills more SMs); indices compared.
+
+Analytic work per image (the dominant term: every step is a mat-vec of the image's N x D rows against the token just
+chosen): FLOPs = 2·K·N·D; bytes moved = K·N·D·s, where s is the element size the implementation re-reads every step
+(4 for the torch reference's fp32 unit rows, x's element size for the kernel); scores and O(N) vectors are ignored.
+
+Grid: N in {576, 1196, 4096, 16384}, K = 10% and 20% of N, D = 3584, lambda = 0.5 (--quick: N in {576, 4096},
+K = 10%). Writes benchmarks/results/mmr_select_<device>[_quick].csv and .md:
+
+    PYTHONPATH=. python benchmarks/kernels/bench_mmr.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import importlib.util
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+FULL = {"n": [576, 1196, 4096, 16384], "r": [0.1, 0.2], "d": 3584}
+QUICK = {"n": [576, 4096], "r": [0.1], "d": 3584}
+LAMBDA = 0.5
+
+
+def _import_kernels():
+    """``vs_vllm.kernels`` from the install, or from this checkout's top-level kernels/ (mapped by package-dir)."""
+    try:
+        from vs_vllm import kernels
+
+        return kernels
+    except ImportError:
+        pass
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import vs_vllm
+
+    spec = importlib.util.spec_from_file_location(
+        "vs_vllm.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vs_vllm.kernels"] = module
+    spec.loader.exec_module(module)
+    vs_vllm.kernels = module
+    return module
+
+
+def cpu_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        mem_s = f", {mem:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        mem_s = ""
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {os.cpu_count()} logical CPUs ({avail} available){mem_s}, {platform.system()} {platform.release()}"
+
+
+def time_cpu(fn, reps: int, budget_s: float) -> tuple[list[float], float]:
+    """Wall times (ms) of ``fn`` (at least one run, up to ``reps``, none started once ``budget_s`` is spent) and the
+    cores it kept busy on average (process CPU time / wall time)."""
+    out, spent, cpu = [], 0.0, 0.0
+    while len(out) < reps and (not out or spent < budget_s):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        out.append(dt * 1e3)
+        spent += dt
+    return out, cpu / spent
+
+
+def time_cuda(torch, fn, reps: int, budget_s: float) -> list[float]:
+    fn()  # warm-up (and the JIT compile on the first Triton call)
+    torch.cuda.synchronize()
+    out, spent = [], 0.0
+    while len(out) < reps and (not out or spent < budget_s):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        out.append(ms)
+        spent += ms / 1e3
+    return out
+
+
+PROBE_K = (8, 16)
+
+
+def time_cuda_bounded(torch, fn_for_k, k: int, reps: int, budget_s: float) -> tuple[list[float], str]:
+    """CUDA times (ms) of ``fn_for_k(k)``, or, when the full run would blow the budget, one time extrapolated from
+    runs with K = 8 and 16 (fixed cost + K x per-step cost): a one-program-per-image kernel on one SM can need minutes
+    per image at N = 16384, D = 3584."""
+    if k <= PROBE_K[1]:
+        return time_cuda(torch, fn_for_k(k), reps, budget_s), "measured"
+    t1, t2 = (statistics.median(time_cuda(torch, fn_for_k(kp), 3, budget_s)) for kp in PROBE_K)
+    per_step = max(0.0, (t2 - t1) / (PROBE_K[1] - PROBE_K[0]))
+    est = max(t1 - PROBE_K[0] * per_step, 0.0) + k * per_step
+    if est / 1e3 * (reps + 1) > budget_s:
+        return [est], f"extrapolated from K={PROBE_K[0]},{PROBE_K[1]}"
+    return time_cuda(torch, fn_for_k(k), reps, budget_s), "measured"
+
+
+def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores=None, timing="measured"):
+    per_image = statistics.median(times_ms) / images
+    flops = 2 * k * n * d
+    nbytes = k * n * d * elem
+    return {
+        "device": device,
+        "backend": backend,
+        "dtype": dtype,
+        "images": images,
+        "n": n,
+        "d": d,
+        "k": k,
+        "lambda": LAMBDA,
+        "ms_per_image": round(per_image, 4),
+        "us_per_step": round(1e3 * per_image / k, 3),
+        "runs": len(times_ms),
+        "gflop_per_image": round(flops / 1e9, 3),
+        "gb_per_image": round(nbytes / 1e9, 3),
+        "gflops": round(flops / (per_image * 1e-3) / 1e9, 1),
+        "gbps": round(nbytes / (per_image * 1e-3) / 1e9, 1),
+        "same_indices": same,
+        "cores_busy": None if cores is None else round(cores, 2),
+        "timing": timing,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N in {576, 4096}, K = 10%% of N")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU (default 2)")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per case (median), fewer once --budget is spent")
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per case after which no new run starts")
+    ap.add_argument("--batch", type=int, default=8, help="images per batch for the batched CUDA rows (0: skip)")
+    ap.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is available")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    _import_kernels()
+    from vs_vllm.kernels.mmr_reference import mmr_select_ref
+    from vs_vllm.selection.mmr import mmr_select
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    grid = QUICK if args.quick else FULL
+    d = grid["d"]
+    rows = []
+    t_start = time.time()
+    if cuda:
+        import triton
+
+        from vs_vllm.kernels.mmr_select import mmr_select_triton
+
+        dev = "cuda"
+        name = torch.cuda.get_device_name()
+        cap = torch.cuda.get_device_capability()
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+        machine = f"{name} (sm_{cap[0]}{cap[1]}); torch {torch.__version__}; triton {triton.__version__}"
+        dtype, elem = torch.bfloat16, 2
+        torch.backends.cuda.matmul.allow_tf32 = False
+    else:
+        dev, slug = "cpu", "cpu"
+        torch.set_num_threads(args.threads)
+        machine = f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads"
+        dtype, elem = torch.float32, 4
+    print(f"device: {machine}", flush=True)
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    for n in grid["n"]:
+        for r in grid["r"]:
+            k = max(1, int(n * r))
+            if not cuda:
+                x = torch.randn(n, d, generator=g)
+                s = torch.randn(n, generator=g)
+                times, cores = time_cpu(lambda x=x, s=s, k=k: mmr_select(s, x, k, LAMBDA), args.reps, args.budget)
+                rows.append(row_for("cpu", "fp32", "torch", 1, n, d, k, 4, times, None, cores))
+                print(f"N={n:5d} K={k:5d} torch {rows[-1]['ms_per_image']:10.2f} ms/image, {cores:.2f} cores busy",
+                      flush=True)
+                continue
+            for images in [1] + ([args.batch] if args.batch > 1 else []):
+                x = torch.randn(images * n, d, device=dev, generator=g).to(dtype)
+                s = torch.randn(images * n, device=dev, generator=g)
+                cu = [i * n for i in range(images + 1)]
+                results = {}
+                for backend, op in (("torch", mmr_select_ref), ("triton", mmr_select_triton)):
+
+                    def fn_for_k(kk, op=op, x=x, s=s, cu=cu, images=images):
+                        return lambda: op(s, x, cu, [kk] * images, LAMBDA)
+
+                    times, timing = time_cuda_bounded(torch, fn_for_k, k, args.reps, args.budget)
+                    results[backend] = (times, timing)
+                # indices compared at the largest K both backends actually ran
+                k_cmp = k if all(t == "measured" for _, t in results.values()) else PROBE_K[1]
+                same = bool(torch.equal(mmr_select_triton(s, x, cu, [k_cmp] * images, LAMBDA),
+                                        mmr_select_ref(s, x, cu, [k_cmp] * images, LAMBDA)))
+                for backend, (times, timing) in results.items():
+                    elem_b = 4 if backend == "torch" else elem
+                    rows.append(row_for(slug, "bf16", backend, images, n, d, k, elem_b, times, same, None, timing))
+                    print(
+                        f"B={images} N={n:5d} K={k:5d} {backend:6s} {rows[-1]['ms_per_image']:10.3f} ms/image "
+                        f"({timing}) same={same}",
+                        flush=True,
+                    )
+                x = s = None
+                torch.cuda.empty_cache()
+    elapsed = time.time() - t_start
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"mmr_select_{slug}{'_quick' if args.quick else ''}"
+    csv_path, md_path = args.out_dir / f"{stem}.csv", args.out_dir / f"{stem}.md"
+    with open(csv_path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+
+    lines = [
+        f"# MMR selection cost per image on {'CUDA' if cuda else 'CPU'}",
+        "",
+        f"- Machine: {machine}; python {platform.python_version()}",
+        f"- Run: {_dt.datetime.now().isoformat(timespec='seconds')}, {elapsed:.0f} s; "
+        f"`python benchmarks/kernels/bench_mmr.py{' --quick' if args.quick else ''}`",
+        f"- Op: greedy MMR, lambda = {LAMBDA}, D = {d}, K = {', '.join(f'{int(r * 100)}%' for r in grid['r'])} of N, "
+        "given the scores (random); the time is the selection alone, median of up to "
+        f"{args.reps} runs (fewer past {args.budget:.0f} s per case).",
+        "- Analytic work per image: FLOPs = 2·K·N·D (one N×D mat-vec per step); bytes = K·N·D·s, the rows re-read "
+        "every step (s = 4 for the torch reference's fp32 unit rows; 2 for the kernel's bf16 rows). "
+        "GFLOP/s and GB/s below are these divided by the measured time.",
+    ]
+    if cuda:
+        lines.append(
+            f"- CUDA: bf16 rows; per-image time = batch time / images (1 image, and {args.batch} images: the kernel "
+            "runs one program, i.e. one SM, per image). `same` = Triton indices identical to the torch reference's."
+        )
+    else:
+        lines.append(
+            "- CPU: the plain-torch reference only (`vs_vllm.selection.mmr.mmr_select`, fp32); the Triton kernel "
+            "needs a GPU (its interpreter would time numpy). `cores` = process CPU time / wall time: how many of "
+            "the intra-op threads the mat-vecs actually kept busy."
+        )
+    lines += [
+        "",
+        "| backend | images | N | K | ms / image | µs / step | GFLOP / image | GB / image | GFLOP/s | GB/s | "
+        + ("same |" if cuda else "cores |"),
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['backend']} | {r['images']} | {r['n']} | {r['k']} | {r['ms_per_image']:.2f}"
+            f"{'' if r['timing'] == 'measured' else '*'} | {r['us_per_step']:.1f}"
+            f" | {r['gflop_per_image']:.2f} | {r['gb_per_image']:.2f} | {r['gflops']:.1f} | {r['gbps']:.1f}"
+            f" | {r['same_indices'] if cuda else r['cores_busy']} |"
+        )
+    md_path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

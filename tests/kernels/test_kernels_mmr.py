@@ -1,0 +1,354 @@
+"""Triton MMR selection (interpreter on CPU) against the plain-torch reference built on ``mmr_select``.
+
+Tolerance rules, per dtype: the kernel gets the reference's exact inputs (the same fp32 scores; for bf16 / fp16 the
+same rounded rows, which both sides widen to fp32), so the chosen indices must be identical for fp32, bf16 and fp16
+alike; only the summation order of the cosine similarities differs, and the fixed seeds hold no near-tie that flips.
+Duplicate rows are the exception: there the reference itself does not tie equal rows exactly (the CPU mat-vec rounds a
+row's dot product differently depending on its position), so the kernel is checked against a float64 oracle with
+explicit ties (lowest index wins) and against the reference only group by group. Buffers start poisoned (NaN /
+sentinel) so unwritten outputs or uninitialised scratch show up. The dispatcher entry (``select_tokens_mmr``) is
+checked against the reference applied to the Triton score pass's own scores, and its rows / positions against a torch
+gather of its indices, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytest.importorskip("numpy")
+
+import vs_vllm.kernels as K
+from kernel_testlib import bits, factor_grid, keep_counts, make_problem, poisoned_buffers
+from vs_vllm.kernels import dispatch
+from vs_vllm.kernels import mmr_select as kmmr
+from vs_vllm.kernels import select as ksel
+from vs_vllm.kernels.common import make_plan
+from vs_vllm.kernels.mmr_reference import mmr_select_ref, mmr_with_plan_ref, select_tokens_mmr_ref
+from vs_vllm.kernels.reference import gather_with_plan_ref, select_tokens_ref
+
+if not torch.cuda.is_available() and not ksel.INTERPRET:
+    pytest.skip("no CUDA device and TRITON_INTERPRET was not set before triton was imported", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+LAMBDAS = (0.0, 0.3, 0.5, 1.0)
+
+# Small tiles: several N tiles, several D chunks and vector tiles per image, as the GPU configuration has on real sizes.
+SMALL_TILES = kmmr.MMRConfig(
+    block_n=16, block_d=16, block_d_small=8, block_v=32, norm_block_r=16, num_warps=4, norm_num_warps=4, shrink=False
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fallbacks(monkeypatch):
+    monkeypatch.delenv(dispatch.FORCE_TORCH_ENV, raising=False)
+    dispatch.reset_fallbacks()
+    yield
+    dispatch.reset_fallbacks()
+
+
+def cumsum0(lengths):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return cu
+
+
+def random_case(lengths, d, dtype, seed):
+    """Fresh random rows (rounded to ``dtype``) and fp32 scores, never zeros."""
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    x = torch.randn(total, d, generator=g).to(dtype)
+    scores = torch.randn(total, generator=g)
+    return x, scores, cumsum0(lengths)
+
+
+def duplicate_case(lengths, d, dtype, seed, pool):
+    """Every row of an image is a copy of one of ``pool`` random rows, with that row's score: exact ties."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ss = [], []
+    for n in lengths:
+        rows = torch.randn(pool, d, generator=g).to(dtype)
+        vals = torch.randn(pool, generator=g)
+        pick = torch.randint(0, pool, (n,), generator=g)
+        xs.append(rows[pick])
+        ss.append(vals[pick])
+    return torch.cat(xs), torch.cat(ss), cumsum0(lengths)
+
+
+def run_and_check(x, scores, cu, keep, lams, config=None):
+    """Triton (poisoned buffers) vs the reference on the same inputs; returns the Triton indices (CPU)."""
+    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+        got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config)
+    ref = mmr_select_ref(scores, x, cu, keep, lams)
+    assert got.dtype == torch.long and got.shape == ref.shape
+    got = got.cpu()
+    keep_list = [keep] * (len(cu) - 1) if isinstance(keep, int) else list(keep)
+    off = 0
+    for i, k in enumerate(keep_list):  # per image: ascending, distinct, in range
+        seg = got[off : off + k]
+        off += k
+        assert bool((seg[1:] > seg[:-1]).all()) and int(seg[0]) >= 0 and int(seg[-1]) < cu[i + 1] - cu[i], (i, seg)
+    assert torch.equal(got, ref), f"triton {got.tolist()}\nref    {ref.tolist()}"
+    return got
+
+
+def k_lambda_pairs(n, rotate):
+    """Images of one batch: every K in {1, small, N-1, N} with every lambda for small N; for larger N each K with one
+    lambda, rotated per call site (the interpreter runs K-1 sequential steps per image)."""
+    ks = keep_counts(n)
+    if n <= 40:
+        return [(k, lam) for k in ks for lam in LAMBDAS]
+    return [(k, LAMBDAS[(j + rotate) % len(LAMBDAS)]) for j, k in enumerate(ks)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The MMR op itself: mmr_select_triton vs mmr_select_ref
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [5, 24, 72])
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 130, 257])
+def test_sweep_fp32(n, d):
+    """One batch per (N, D): the same image size repeated with K in {1, small, N-1, N} and lambda in {0, .3, .5, 1}."""
+    pairs = k_lambda_pairs(n, rotate=d)
+    x, scores, cu = random_case([n] * len(pairs), d, torch.float32, seed=100 * n + d)
+    run_and_check(x, scores, cu, [k for k, _ in pairs], [lam for _, lam in pairs])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "d"), [(7, 5), (33, 72), (130, 24), (257, 72)])
+def test_sweep_half(n, d, dtype):
+    """bf16 / fp16 rows: the reference runs on the same rounded rows (widened to fp32 on both sides)."""
+    pairs = k_lambda_pairs(n, rotate=n)
+    x, scores, cu = random_case([n] * len(pairs), d, dtype, seed=7 * n + d + (dtype == torch.float16))
+    run_and_check(x, scores, cu, [k for k, _ in pairs], [lam for _, lam in pairs])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("lengths", "keep", "lams"),
+    [
+        ([130], [13], [0.5]),
+        ([33, 257], [32, 40], [0.0, 0.3]),
+        ([1, 130, 7], [1, 64, 6], [0.3, 0.5, 0.0]),
+        ([257, 2, 33], [25, 2, 5], [1.0, 0.5, 0.3]),  # a lam == 1 image and a K == N image beside MMR images
+    ],
+)
+def test_ragged_batches(lengths, keep, lams, dtype):
+    x, scores, cu = random_case(lengths, 24 if dtype == torch.float32 else 72, dtype, seed=sum(lengths) + len(lams))
+    run_and_check(x, scores, cu, keep, lams)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_config_in_interpreter(dtype):
+    """The GPU block configuration (64 x 128 tiles, 1024-token vector tiles, no shrinking), both BLOCK_D widths."""
+    x, scores, cu = random_case([130, 70], 150, dtype, seed=12)
+    run_and_check(x, scores, cu, [13, 30], [0.5, 0.3], config=kmmr.GPU_MMR_CONFIG)
+    x, scores, cu = random_case([33], 24, dtype, seed=13)
+    run_and_check(x, scores, cu, [10], [0.0], config=kmmr.GPU_MMR_CONFIG)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_tiles_cross_tile_and_d_chunks(dtype):
+    """16-row tiles, 16-column D chunks, 32-token vector tiles: running argmax and compaction across many tiles."""
+    x, scores, cu = random_case([70, 33], 40, dtype, seed=5)
+    run_and_check(x, scores, cu, [20, 12], [0.5, 0.0], config=SMALL_TILES)
+    x, scores, cu = random_case([45, 7], 5, dtype, seed=6)  # D <= block_d_small: the narrow variant
+    run_and_check(x, scores, cu, [10, 6], [0.3, 0.5], config=SMALL_TILES)
+
+
+def greedy_oracle(scores, x, k, lam, tie_tol=1e-9):
+    """MMR in float64 with exact ties made explicit: gains within ``tie_tol`` of the best count as tied (lowest index
+    wins). Equal rows then tie exactly, whatever the position-dependent rounding of a mat-vec does to them."""
+    s = scores.double()
+    span = float(s.max() - s.min())
+    rel = lam * ((s - s.min()) / span if span > 0 else torch.zeros_like(s))
+    xd = x.double()
+    unit = xd / xd.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sim = unit @ unit.T
+    taken = torch.zeros(len(s), dtype=torch.bool)
+    max_sim = None
+    for _ in range(k):
+        gain = rel.clone() if max_sim is None else rel - (1 - lam) * max_sim
+        gain[taken] = -float("inf")
+        c = int(torch.nonzero(gain >= gain.max() - tie_tol)[0, 0])
+        taken[c] = True
+        max_sim = sim[c] if max_sim is None else torch.maximum(max_sim, sim[c])
+    return torch.nonzero(taken)[:, 0]
+
+
+def check_duplicates(x, scores, cu, keep, lams, config=None):
+    """Kernel == the tie-aware oracle; kept members of each group of equal rows are its first ones; the torch
+    reference keeps as many rows of each group (it may pick other members: the CPU mat-vec rounds a row's product
+    differently by its position, so equal rows need not tie there)."""
+    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+        got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config).cpu()
+    ref = mmr_select_ref(scores, x, cu, keep, lams)
+    off = 0
+    for i, (k, lam) in enumerate(zip(keep, lams)):
+        a, b = cu[i], cu[i + 1]
+        seg, ref_seg = got[off : off + k], ref[off : off + k]
+        off += k
+        assert torch.equal(seg, greedy_oracle(scores[a:b], x[a:b], k, lam)), (i, seg.tolist())
+        rows = [tuple(r) for r in bits(x[a:b]).tolist()]
+        group = {r: g for g, r in enumerate(dict.fromkeys(rows))}
+        members = [[j for j, r in enumerate(rows) if group[r] == g] for g in range(len(group))]
+        kept = set(seg.tolist())
+        for mem in members:
+            taken = [j for j in mem if j in kept]
+            assert taken == mem[: len(taken)], (i, mem, taken)
+        assert Counter(group[rows[j]] for j in seg.tolist()) == Counter(group[rows[j]] for j in ref_seg.tolist())
+    return got
+
+
+@pytest.mark.parametrize("config", [None, SMALL_TILES], ids=["default", "small_tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_duplicate_rows_ties_to_lowest_index(dtype, config):
+    """Rows (and their scores) copied from a small pool: gains tie exactly; the lowest index of a group must win."""
+    n0 = 130 if config is None else 60
+    x, scores, cu = duplicate_case([n0, 57], 24, dtype, seed=3, pool=6)
+    check_duplicates(x, scores, cu, [40, 20], [0.5, 0.3], config=config)
+    # lam = 0: pure diversity from token 0; K up to the pool size keeps one representative per group
+    x, scores, cu = duplicate_case([n0], 24, dtype, seed=4, pool=6)
+    check_duplicates(x, scores, cu, [6], [0.0], config=config)
+
+
+def test_all_rows_and_scores_equal_keep_first_k():
+    """One repeated row, equal scores: every gain ties at every step, so the first K tokens win."""
+    x = torch.randn(1, 24).repeat(77, 1)
+    scores = torch.full((77,), 0.25)
+    cu = [0, 40, 77]
+    for lam in (0.0, 0.5):
+        got = check_duplicates(x, scores, cu, [9, 30], [lam, lam])
+        assert got.tolist() == list(range(9)) + list(range(30))
+
+
+def test_large_image():
+    """N = 2000, D = 64, K = 10% in one image and 5% of a second: several interpreter tiles per step."""
+    x, scores, cu = random_case([2000, 1500], 64, torch.float32, seed=77)
+    run_and_check(x, scores, cu, [200, 75], [0.5, 0.3])
+
+
+def test_lambda_validation():
+    x, scores, cu = random_case([7, 9], 5, torch.float32, seed=0)
+    for bad in ([0.5], [0.5, 1.5], [0.5, float("nan")], [True, 0.5], "0.5"):
+        with pytest.raises(ValueError, match="lambda"):
+            kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, [3, 3], bad)
+    with pytest.raises(ValueError, match="scores"):
+        kmmr.mmr_select_triton(scores[:-1].to(DEVICE), x.to(DEVICE), cu, [3, 3], 0.5)
+    with pytest.raises(ValueError, match="k must"):
+        kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, [8, 3], 0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The dispatcher entry: select_tokens_mmr
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_public_export():
+    assert "select_tokens_mmr" in K.__all__ and K.select_tokens_mmr is dispatch.select_tokens_mmr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_select_tokens_mmr_triton_vs_torch(dtype):
+    lengths = [130, 7, 57, 33]
+    keep = [20, 7, 56, 10]  # image 1: K == N (routed to the top-K kernel)
+    lams = [0.5, 0.3, 0.0, 1.0]  # image 3: lam == 1 (routed to the top-K kernel)
+    x, cu, w = make_problem(lengths, 72, dtype, seed=31)
+    x, w = x.to(DEVICE), tuple(t.to(DEVICE) for t in w)
+    grids = [factor_grid(n) for n in lengths]
+    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+        sel = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="triton")
+    ref = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="torch")
+    plan = make_plan(x, cu, keep, grids)
+    # indices: the reference MMR applied to the Triton score pass's own scores
+    _, scores = ksel.select_with_scores_triton(x, plan, *w)
+    own = mmr_with_plan_ref(scores.cpu(), x.cpu(), plan, lams)
+    assert torch.equal(sel.indices.cpu(), own)
+    # the torch backend is the packed reference; both agree here (no near-ties in the scores of this case)
+    assert torch.equal(ref.indices.cpu(), select_tokens_mmr_ref(x, cu, keep, *w, lams, grids=grids).indices.cpu())
+    assert torch.equal(sel.indices.cpu(), ref.indices.cpu())
+    # rows / positions / cu_keep: the shared gather of those indices, bit for bit
+    expect = gather_with_plan_ref(x, plan, sel.indices)
+    assert sel.rows.dtype == x.dtype and torch.equal(bits(sel.rows.cpu()), bits(expect.rows.cpu()))
+    assert torch.equal(sel.positions.cpu(), expect.positions.cpu())
+    assert torch.equal(sel.cu_keep.cpu(), torch.tensor(plan.cu_keep))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_lambda_one_is_select_tokens(backend):
+    """Every image at lam == 1: exactly VisionSelector's top-K (same scores, same indices, same rows)."""
+    x, cu, w = make_problem([57, 9], 33, torch.float32, seed=8)
+    x, w = x.to(DEVICE), tuple(t.to(DEVICE) for t in w)
+    a = K.select_tokens_mmr(x, cu, [11, 4], *w, 1.0, backend=backend)
+    b = K.select_tokens(x, cu, [11, 4], *w, backend=backend)
+    assert torch.equal(a.indices.cpu(), b.indices.cpu()) and torch.equal(a.rows.cpu(), b.rows.cpu())
+    assert a.positions is None
+    if backend == "torch":
+        assert torch.equal(a.indices, select_tokens_ref(x, cu, [11, 4], *w).indices)
+
+
+def test_select_tokens_mmr_empty_batch_and_validation():
+    x = torch.empty(0, 8, device=DEVICE)
+    w = torch.randn(4, 8, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    for backend in ("torch", "triton"):
+        sel = K.select_tokens_mmr(x, [0], [], w, b, w, b, [], backend=backend)
+        assert sel.rows.shape == (0, 8) and sel.cu_keep.tolist() == [0]
+    x = torch.randn(10, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="lambdas"):
+        K.select_tokens_mmr(x, [0, 4, 10], [2, 2], w, b, w, b, [0.5], backend="triton")
+    with pytest.raises(ValueError, match="lambdas"):
+        K.select_tokens_mmr(x, [0, 4, 10], [2, 2], w, b, w, b, -0.1, backend="torch")
+
+
+def test_explicit_triton_raises_automatic_falls_back(monkeypatch):
+    x, cu, w = make_problem([20, 9], 16, torch.float32, seed=2)
+    x, w = x.to(DEVICE), tuple(t.to(DEVICE) for t in w)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("mmr kernel exploded")
+
+    monkeypatch.setattr(kmmr, "select_mmr_with_plan_triton", boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        K.select_tokens_mmr(x, cu, [5, 3], *w, 0.5, backend="triton")
+    # Automatic calls stay on torch unless the kernel is opted into.
+    sel = K.select_tokens_mmr(x, cu, [5, 3], *w, 0.5)
+    assert torch.equal(sel.indices, select_tokens_mmr_ref(x, cu, [5, 3], *w, 0.5).indices)
+    monkeypatch.setenv(dispatch.MMR_TRITON_ENV, "1")
+    if dispatch.resolve_backend(x) == "triton":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sel = K.select_tokens_mmr(x, cu, [5, 3], *w, 0.5)
+        assert any("exploded" in str(c.message) for c in caught)
+        ref = select_tokens_mmr_ref(x, cu, [5, 3], *w, 0.5)
+        assert torch.equal(sel.indices, ref.indices)
+
+
+def test_torch_path_never_imports_triton():
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        import vs_vllm.kernels as K
+        x = torch.randn(20, 8)
+        w = torch.randn(4, 8)
+        b = torch.randn(4)
+        sel = K.select_tokens_mmr(x, [0, 12, 20], [3, 8], w, b, w, b, [0.5, 0.0], grids=[(1, 3, 4), (2, 2, 2)])
+        assert sel.rows.shape == (11, 8) and sel.positions.shape == (11, 3)
+        assert "triton" not in sys.modules, "triton was imported on the torch path"
+        print("OK")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", dispatch.FORCE_TORCH_ENV)}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False, text=True, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
