@@ -127,9 +127,26 @@ def time_cuda_bounded(torch, fn_for_k, k: int, reps: int, budget_s: float) -> tu
     return time_cuda(torch, fn_for_k(k), reps, budget_s), "measured"
 
 
+#: LLM-token grids (h, w) of the benchmark's N: the vision tower's work at the same N, for scale.
+VIT_GRIDS = {576: (24, 24), 1196: (26, 46), 4096: (64, 64), 16384: (128, 128)}
+
+
+def vit_gflop(n: int) -> float | None:
+    """Analytic vision-tower FLOPs of Qwen2.5-VL-7B for an image of N LLM tokens (vs_vllm.benchmarking.flops)."""
+    from vs_vllm.benchmarking.flops import QwenVLArch, vision_flops
+
+    if n not in VIT_GRIDS:
+        return None
+    h, w = VIT_GRIDS[n]
+    arch = QwenVLArch.qwen2_5_vl_7b()
+    merge = arch.spatial_merge_size
+    return sum(vision_flops(arch, (1, h * merge, w * merge)).values()) / 1e9
+
+
 def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores=None, timing="measured"):
     per_image = statistics.median(times_ms) / images
     flops = 2 * k * n * d
+    vit = vit_gflop(n)
     nbytes = k * n * d * elem
     return {
         "device": device,
@@ -144,6 +161,8 @@ def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores
         "us_per_step": round(1e3 * per_image / k, 3),
         "runs": len(times_ms),
         "gflop_per_image": round(flops / 1e9, 3),
+        "vit_gflop_7b": None if vit is None else round(vit, 1),
+        "mmr_over_vit_flop_pct": None if vit is None else round(100 * flops / 1e9 / vit, 3),
         "gb_per_image": round(nbytes / 1e9, 3),
         "gflops": round(flops / (per_image * 1e-3) / 1e9, 1),
         "gbps": round(nbytes / (per_image * 1e-3) / 1e9, 1),
@@ -254,6 +273,10 @@ def main(argv=None) -> int:
         "- Analytic work per image: FLOPs = 2·K·N·D (one N×D mat-vec per step); bytes = K·N·D·s, the rows re-read "
         "every step (s = 4 for the torch reference's fp32 unit rows; 2 for the kernel's bf16 rows). "
         "GFLOP/s and GB/s below are these divided by the measured time.",
+        "- For scale: `ViT GFLOP (7B)` is Qwen2.5-VL-7B's analytic vision-tower work for an image of the same N "
+        "(`vs_vllm.benchmarking.flops`; grids 24x24, 26x46, 64x64, 128x128 LLM tokens). MMR is memory-bound (every "
+        "step re-reads the N x D rows) while the tower is compute-bound, so the FLOP ratio understates MMR's share "
+        "of wall time on bandwidth-poor hardware.",
     ]
     if cuda:
         lines.append(
@@ -269,15 +292,15 @@ def main(argv=None) -> int:
     lines += [
         "",
         "| backend | images | N | K | ms / image | µs / step | GFLOP / image | GB / image | GFLOP/s | GB/s | "
-        + ("same |" if cuda else "cores |"),
-        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+        + ("same |" if cuda else "cores |") + " ViT GFLOP (7B) | MMR / ViT FLOP |",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|--:|--:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['images']} | {r['n']} | {r['k']} | {r['ms_per_image']:.2f}"
             f"{'' if r['timing'] == 'measured' else '*'} | {r['us_per_step']:.1f}"
             f" | {r['gflop_per_image']:.2f} | {r['gb_per_image']:.2f} | {r['gflops']:.1f} | {r['gbps']:.1f}"
-            f" | {r['same_indices'] if cuda else r['cores_busy']} |"
+            f" | {r['same_indices'] if cuda else r['cores_busy']} | {r['vit_gflop_7b']} | {r['mmr_over_vit_flop_pct']}% |"
         )
     md_path.write_text("\n".join(lines) + "\n")
     print(f"wrote {csv_path} and {md_path}")
