@@ -9,7 +9,9 @@ Backend rule (first match wins):
 4. Automatic calls with more than 65535 images use torch (CUDA grid limit). ``select_tokens_mmr`` uses torch on
    automatic calls unless ``VS_VLLM_MMR_TRITON=1`` (its kernel is not yet measured on a GPU; see the function).
 5. If the automatic Triton path fails before it ever succeeded for that (device type, dtype), one RuntimeWarning
-   says why and that combination uses torch from then on.
+   says why and that combination uses torch from then on — unless ``VS_VLLM_STRICT_KERNELS=1`` (strict mode, which
+   every test session and ``make gpu-check`` use): then the failure raises, so a broken kernel can never pass a test
+   as the torch fallback.
 
 Importing this module does not import triton; the first Triton call does.
 """
@@ -26,9 +28,11 @@ import torch
 from .common import Selection, check_scorer_weights, empty_selection, make_gather_plan, make_plan
 from .reference import gather_with_plan_ref, select_with_scores_ref
 
-__all__ = ["FORCE_TORCH_ENV", "Selection", "gather_selected", "reset_fallbacks", "resolve_backend", "select_tokens"]
+__all__ = ["FORCE_TORCH_ENV", "STRICT_ENV", "Selection", "is_strict", "gather_selected", "reset_fallbacks", "resolve_backend", "select_tokens"]
 
 FORCE_TORCH_ENV = "VS_VLLM_FORCE_TORCH_SELECT"
+#: Strict mode: an automatic Triton call that fails raises instead of falling back to torch.
+STRICT_ENV = "VS_VLLM_STRICT_KERNELS"
 #: Opt-in for the MMR Triton kernel on automatic calls (``select_tokens_mmr``); torch otherwise.
 MMR_TRITON_ENV = "VS_VLLM_MMR_TRITON"
 _BACKENDS = ("torch", "triton")
@@ -64,6 +68,11 @@ def _auto_backend(x: torch.Tensor) -> str:
     return "torch"
 
 
+def is_strict() -> bool:
+    """Whether automatic Triton failures raise (``VS_VLLM_STRICT_KERNELS=1``) instead of falling back to torch."""
+    return _env_flag(STRICT_ENV)
+
+
 def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
     """``"torch"`` or ``"triton"``: the backend a call with these arguments would use now."""
     if backend is not None:
@@ -73,7 +82,7 @@ def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
     if _env_flag(FORCE_TORCH_ENV):
         return "torch"
     choice = _auto_backend(x)
-    if choice == "triton" and (x.device.type, x.dtype) in _failed:
+    if choice == "triton" and (x.device.type, x.dtype) in _failed and not is_strict():
         return "torch"
     return choice
 
@@ -93,7 +102,7 @@ def _run(x: torch.Tensor, backend: str | None, triton_fn, torch_fn, num_images: 
     if choice == "torch" or (backend is None and num_images > _MAX_TRITON_IMAGES):
         return torch_fn()
     key = (x.device.type, x.dtype)
-    if backend == "triton":
+    if backend == "triton" or is_strict():
         return triton_fn()
     try:
         out = triton_fn()

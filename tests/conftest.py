@@ -14,6 +14,9 @@ except ImportError:  # pragma: no cover - torch is a hard dependency
     _HAS_CUDA = False
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Strict kernels: an automatic Triton call that fails raises instead of falling back to torch, so no test can pass on
+# a broken kernel by way of the fallback (tests of the fallback itself unset it).
+os.environ.setdefault("VS_VLLM_STRICT_KERNELS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")

@@ -10,3 +10,4 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("VS_VLLM_STRICT_KERNELS", "1")

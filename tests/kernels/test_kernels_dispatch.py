@@ -97,9 +97,30 @@ def test_force_torch_env_skips_triton(monkeypatch):
 
 
 @needs_triton_path
+def test_strict_mode_raises_instead_of_falling_back(monkeypatch):
+    """What every test session runs with: a failing kernel fails the call, it is never replaced by torch."""
+    from vs_vllm.kernels import select as ksel
+
+    def failing(*a, **k):
+        raise RuntimeError("simulated launch failure")
+
+    monkeypatch.setenv(dispatch.STRICT_ENV, "1")
+    monkeypatch.setattr(ksel, "select_with_scores_triton", failing)
+    x, cu, keep, w, grids = problem()
+    assert dispatch.is_strict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):  # and again: strict mode never records a fallback
+            with pytest.raises(RuntimeError, match="simulated launch failure"):
+                K.select_tokens(x, cu, keep, *w, grids=grids)
+    assert dispatch.resolve_backend(x) == "triton"
+
+
+@needs_triton_path
 def test_failed_launch_warns_once_then_uses_torch(monkeypatch):
     from vs_vllm.kernels import select as ksel
 
+    monkeypatch.delenv(dispatch.STRICT_ENV, raising=False)  # the production behaviour
     calls = []
 
     def failing(*a, **k):

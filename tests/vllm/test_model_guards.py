@@ -43,11 +43,13 @@ SCRIPT = textwrap.dedent(
         batch = proc.image_processor(images=images, return_tensors="pt")
         grid = batch["image_grid_thw"]
         n = (grid.prod(-1) // 4).tolist()
-        keep_name, method_name, seed_name = field_names("image")
+        keep_name, method_name, seed_name, lambda_name = field_names("image")
         kwargs = dict(pixel_values=batch["pixel_values"].to(torch.float32), image_grid_thw=grid)
         kwargs[keep_name] = torch.tensor([max(1, int(x * 0.3)) for x in n])
-        kwargs[method_name] = torch.tensor([method_id(m) for m in ("visionselector", "divprune", "uniform")])
+        methods = ("visionselector", "divprune", "visionselector_mmr")
+        kwargs[method_name] = torch.tensor([method_id(m) for m in methods])
         kwargs[seed_name] = torch.full((3,), -1)
+        kwargs[lambda_name] = torch.full((3,), 0.3, dtype=torch.float64)
 
         calls = []
         original = model.visual.forward
