@@ -14,6 +14,8 @@ help:
 	@echo "make setup      build or check the CPU environment in $(VENV)"
 	@echo "make lint       ruff"
 	@echo "make clean      remove build outputs and caches (keeps $(VENV))"
+	@echo "make gpu-check  on a CUDA machine (python3 + torch/triton/transformers, no venv): kernel tests, kernel and"
+	@echo "                HF 7B prefill timings -> benchmarks/results/*_<gpu>.* (+ \$$OUT); DRY_RUN=1 rehearses on the CPU"
 
 setup:
 	@$(PYTHON) -m vs_vllm.envsetup.setup_cpu_env --venv $(VENV)
@@ -57,3 +59,16 @@ bench-synthetic: setup
 
 bench-synthetic-quick: setup
 	@$(VPY) benchmarks/synthetic/run_benchmark.py --quick $(BENCH_ARGS)
+
+# One prepared run for a short window on a CUDA machine (benchmarks/gpu/README.md): kernel tests and an odd-shape sweep
+# in strict mode, kernel timings, the HF Qwen2.5-VL-7B prefill, and a summary against the goals, all in < 8 min. Needs
+# no venv and no install (so no `setup`): the machine's python3 with torch, triton and transformers. DRY_RUN=1 runs the
+# same script on the CPU (toy sizes, Triton interpreter, results in a temp dir) with $(VPY) when it exists.
+# GPU_CHECK_ARGS: e.g. --quick, --out-dir DIR, --stages env,sweep.
+.PHONY: gpu-check
+DRY_RUN ?=
+GPU_CHECK_ARGS ?=
+GPU_CHECK_PY = $(if $(filter-out 0 false no,$(DRY_RUN)),$(if $(wildcard $(VPY)),$(VPY),$(PYTHON)),$(PYTHON))
+
+gpu-check:
+	@DRY_RUN=$(DRY_RUN) $(GPU_CHECK_PY) benchmarks/gpu/gpu_check.py $(GPU_CHECK_ARGS)
