@@ -20,6 +20,7 @@ from vs_vllm.selection.topk import validate_k
 __all__ = [
     "SUPPORTED_DTYPES",
     "host_ints_on",
+    "require_powers_of_two",
     "Plan",
     "Selection",
     "check_scorer_weights",
@@ -77,6 +78,14 @@ class Plan:
     @property
     def has_grids(self) -> bool:
         return self.grids is not None or self.grids_tensor is not None
+
+
+def require_powers_of_two(config: object, names: Sequence[str]) -> None:
+    """Block sizes of a kernel configuration must be powers of two (Triton's tl.arange)."""
+    for name in names:
+        v = getattr(config, name)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two, got {v}")
 
 
 def host_ints_on(values: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Plan, Selection, empty_selection, host_ints_on, make_plan
+from .common import Plan, Selection, empty_selection, host_ints_on, make_plan, require_powers_of_two
 from .mmr_reference import Lambdas, lambdas_for
 from .select import INTERPRET, _row_major, gather_with_plan_triton, select_with_scores_triton
 from .select import topk_segments_triton as _topk_segments_triton
@@ -100,10 +100,7 @@ def set_mmr_config(config: MMRConfig | None = None, **changes) -> MMRConfig:
     global _CONFIG
     base = config if config is not None else _CONFIG
     new = replace(base, **changes) if changes else base
-    for name in ("block_n", "block_d", "block_d_small", "block_v", "norm_block_r"):
-        v = getattr(new, name)
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{name} must be a power of two, got {v}")
+    require_powers_of_two(new, ("block_n", "block_d", "block_d_small", "block_v", "norm_block_r"))
     old = _CONFIG
     _CONFIG = new
     return old

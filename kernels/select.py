@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Plan, Selection, empty_selection, host_ints_on
+from .common import Plan, Selection, empty_selection, host_ints_on, require_powers_of_two
 
 __all__ = [
     "GPU_CONFIG",
@@ -117,19 +117,8 @@ def set_config(config: KernelConfig | None = None, **changes) -> KernelConfig:
     new = replace(base, **changes) if changes else base
     if new.radix_bits not in (1, 2, 4, 8):
         raise ValueError(f"radix_bits must be 1, 2, 4 or 8, got {new.radix_bits}")
-    for name in (
-        "block_n",
-        "block_d",
-        "gemv_block_h",
-        "gemv_block_d",
-        "gather_block_r",
-        "gather_block_d",
-        "sel_one_chunk_max",
-        "sel_block_max",
-    ):
-        v = getattr(new, name)
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{name} must be a power of two, got {v}")
+    require_powers_of_two(new, ("block_n", "block_d", "gemv_block_h", "gemv_block_d", "gather_block_r",
+                                "gather_block_d", "sel_one_chunk_max", "sel_block_max"))
     old = _CONFIG
     _CONFIG = new
     return old
