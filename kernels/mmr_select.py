@@ -19,7 +19,7 @@ K_i indices come back ascending. Every pass is deterministic (no atomics).
    Per step the program reads the image's N x D rows once (the mat-vec of the torch reference), O(K·N·D) in all.
 
 Images with ``lam == 1`` (VisionSelector's own top-K: the reference short-cuts to ``select_topk`` on the raw scores)
-or ``K == N`` never enter the MMR kernel: the host routes them to the exact top-K select kernel of ``select.py``
+or ``K == N`` never enter the MMR kernel: the host routes them to the exact top-K select kernel of ``topk_select.py``
 (``topk_segments_triton``), which fills the whole output first; the MMR kernel then writes its images' segments.
 
 Parallelism: the greedy steps are sequential, so an image is one program -- one SM on a GPU. Batches of several
@@ -45,9 +45,11 @@ import triton
 import triton.language as tl
 
 from .common import Plan, Selection, empty_selection, host_ints_on, make_plan, require_powers_of_two
+from .config import INTERPRET, _row_major
+from .gather import gather_with_plan_triton
 from .mmr_reference import Lambdas, lambdas_for
-from .select import INTERPRET, _row_major, gather_with_plan_triton, select_with_scores_triton
-from .select import topk_segments_triton as _topk_segments_triton
+from .select import select_with_scores_triton
+from .topk_select import topk_segments_triton as _topk_segments_triton
 
 __all__ = [
     "GPU_MMR_CONFIG",
@@ -376,7 +378,7 @@ def mmr_select_triton(
     """MMR selection of K_i tokens per image of a packed batch (the op of :func:`vs_vllm.selection.mmr.mmr_select`,
     batched).
 
-    scores:     [sum N_i] fp32 VisionSelector scores (e.g. from the score pass of ``select.py``).
+    scores:     [sum N_i] fp32 VisionSelector scores (e.g. from the score passes of ``score.py``).
     x:          [sum N_i, D] float32 / float16 / bfloat16 embeddings (cosine similarities are taken in fp32).
     cu_seqlens: [B + 1] cumulative token counts (host list or CPU tensor); keep: K_i per image (or one int).
     lambdas:    one float in [0, 1] for every image or one per image (host floats).

@@ -97,10 +97,10 @@ def bits(t):
 
 
 @contextlib.contextmanager
-def poisoned_buffers(select_module):
+def poisoned_buffers(module):
     """Make every buffer the Triton path allocates start as NaN (floats) or a sentinel (ints)."""
 
-    original = select_module._empty
+    original = module._empty
 
     def poisoned(*args, **kwargs):
         t = original(*args, **kwargs)
@@ -110,8 +110,8 @@ def poisoned_buffers(select_module):
             t.fill_(-123456789)
         return t
 
-    select_module._empty = poisoned
+    module._empty = poisoned
     try:
         yield
     finally:
-        select_module._empty = original
+        module._empty = original

@@ -10,6 +10,8 @@ pytest.importorskip("numpy")
 
 from kernel_testlib import bits, factor_grid, poisoned_buffers
 from vs_vllm.kernels import gather_selected
+from vs_vllm.kernels import config as kconfig
+from vs_vllm.kernels import gather as kgather
 from vs_vllm.kernels import select as ksel
 from vs_vllm.kernels.common import make_gather_plan
 from vs_vllm.kernels.reference import gather_selected_ref
@@ -38,7 +40,7 @@ def random_case(lengths, keep, d, dtype, seed, sort=True):
 def compare(x, cu, idx, cuk, grids, config=None):
     x_dev, idx_dev = x.to(DEVICE), idx.to(DEVICE)
     plan = make_gather_plan(x_dev, cu, idx_dev, cuk, grids)
-    with poisoned_buffers(ksel):
+    with poisoned_buffers(kconfig):
         got = ksel.gather_with_plan_triton(x_dev, plan, idx_dev, config=config)
     ref = gather_selected_ref(x, cu, idx, cuk, grids)
     assert got.rows.dtype == x.dtype and got.rows.shape == ref.rows.shape
@@ -83,7 +85,7 @@ def test_gather_small_tiles_and_wide_offsets(monkeypatch):
     lengths, keep = [300, 41], [77, 40]
     x, cu, idx, cuk = random_case(lengths, keep, 100, torch.bfloat16, seed=5)
     compare(x, cu, idx, cuk, [factor_grid(n) for n in lengths], config=cfg)
-    monkeypatch.setattr(ksel, "_WIDE_LIMIT", 0)
+    monkeypatch.setattr(kgather, "_WIDE_LIMIT", 0)
     compare(x, cu, idx, cuk, [factor_grid(n) for n in lengths], config=cfg)
 
 

@@ -28,6 +28,7 @@ pytest.importorskip("numpy")
 
 import vs_vllm.kernels as K
 from kernel_testlib import bits, factor_grid, keep_counts, make_problem, poisoned_buffers
+from vs_vllm.kernels import config as kconfig
 from vs_vllm.kernels import dispatch
 from vs_vllm.kernels import mmr_select as kmmr
 from vs_vllm.kernels import select as ksel
@@ -86,7 +87,7 @@ def duplicate_case(lengths, d, dtype, seed, pool):
 
 def run_and_check(x, scores, cu, keep, lams, config=None):
     """Triton (poisoned buffers) vs the reference on the same inputs; returns the Triton indices (CPU)."""
-    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
         got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config)
     ref = mmr_select_ref(scores, x, cu, keep, lams)
     assert got.dtype == torch.long and got.shape == ref.shape
@@ -190,7 +191,7 @@ def check_duplicates(x, scores, cu, keep, lams, config=None):
     """Kernel == the tie-aware oracle; kept members of each group of equal rows are its first ones; the torch
     reference keeps as many rows of each group (it may pick other members: the CPU mat-vec rounds a row's product
     differently by its position, so equal rows need not tie there)."""
-    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
         got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config).cpu()
     ref = mmr_select_ref(scores, x, cu, keep, lams)
     off = 0
@@ -266,7 +267,7 @@ def test_select_tokens_mmr_triton_vs_torch(dtype):
     x, cu, w = make_problem(lengths, 72, dtype, seed=31)
     x, w = x.to(DEVICE), tuple(t.to(DEVICE) for t in w)
     grids = [factor_grid(n) for n in lengths]
-    with poisoned_buffers(kmmr), poisoned_buffers(ksel):
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
         sel = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="triton")
     ref = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="torch")
     plan = make_plan(x, cu, keep, grids)

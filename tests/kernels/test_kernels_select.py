@@ -24,6 +24,7 @@ from kernel_testlib import (
     own_topk,
     poisoned_buffers,
 )
+from vs_vllm.kernels import config as kconfig
 from vs_vllm.kernels import select as ksel
 from vs_vllm.kernels.common import make_plan
 from vs_vllm.kernels.reference import gather_with_plan_ref, select_with_scores_ref
@@ -63,7 +64,7 @@ def run_both(x, cu, keep, weights, grids=None):
     x = x.to(DEVICE)
     weights = tuple(w.to(DEVICE) for w in weights)
     plan = make_plan(x, cu, keep, grids)
-    with poisoned_buffers(ksel):
+    with poisoned_buffers(kconfig):
         sel, scores = ksel.select_with_scores_triton(x, plan, *weights)
     ref, ref_scores = select_with_scores_ref(x, plan, *weights)
     return plan, x, sel, scores, ref, ref_scores
@@ -190,7 +191,7 @@ def test_topk_kernel_on_tie_pool(radix_bits, chunked):
     else:
         old = ksel.set_config(radix_bits=radix_bits)
     try:
-        with poisoned_buffers(ksel):
+        with poisoned_buffers(kconfig):
             idx = ksel.topk_segments_triton(scores.to(DEVICE), plan)
     finally:
         ksel.set_config(old)

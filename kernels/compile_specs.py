@@ -1,0 +1,159 @@
+"""Compile-only descriptions of the selection kernels (score, top-K select, gather): what
+``tests/kernels/compile_check.py`` hands to ``triton.compile`` for sm_80 / sm_90 without a GPU."""
+
+from __future__ import annotations
+
+from .config import GPU_CONFIG, KernelConfig
+from .gather import _gather_kernel
+from .score import (
+    _kbar_partial_kernel,
+    _mean_finalize_kernel,
+    _mean_partial_kernel,
+    _score_partial_kernel,
+    _u_partial_kernel,
+)
+from .topk_select import _select_kernel, _select_warps
+
+__all__ = ["KERNELS", "aligned_attrs", "compile_specs"]
+
+KERNELS = {
+    "mean_partial": _mean_partial_kernel,
+    "mean_finalize": _mean_finalize_kernel,
+    "kbar_partial": _kbar_partial_kernel,
+    "u_partial": _u_partial_kernel,
+    "score_partial": _score_partial_kernel,
+    "select": _select_kernel,
+    "gather": _gather_kernel,
+}
+
+
+def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
+    """(kernel, signature, constexprs, num_warps) of every kernel variant the host code launches, for compile-only
+    checks with ``triton.compile(ASTSource(...), target=GPUTarget(...))``. ``dtype`` is the element type of x.
+    Use ``aligned_attrs`` for the attributes the JIT adds when pointers and sizes are multiples of 16."""
+    X = f"*{dtype}"
+    i64p, f32p = "*i64", "*fp32"
+    nw = cfg.num_warps
+    gemv = {"BLOCK_H": cfg.gemv_block_h, "BLOCK_D": cfg.gemv_block_d}
+    specs = {
+        "mean_partial": (
+            _mean_partial_kernel,
+            {
+                "x_ptr": X,
+                "cu_ptr": i64p,
+                "part_ptr": f32p,
+                "D": "i32",
+                "stride_x": "i32",
+                "tile_rows": "i32",
+                "n_tiles": "i32",
+            },
+            {"BLOCK_N": cfg.block_n, "BLOCK_D": cfg.block_d},
+            nw,
+        ),
+        "mean_finalize": (
+            _mean_finalize_kernel,
+            {"part_ptr": f32p, "cu_ptr": i64p, "xbar_ptr": f32p, "D": "i32", "n_tiles": "i32"},
+            {"BLOCK_D": cfg.block_d},
+            nw,
+        ),
+        "kbar_partial": (
+            _kbar_partial_kernel,
+            {
+                "wk_ptr": X,
+                "xbar_ptr": f32p,
+                "part_ptr": f32p,
+                "H": "i32",
+                "D": "i32",
+                "stride_w": "i32",
+                "d_per_split": "i32",
+                "B": "i32",
+            },
+            gemv,
+            nw,
+        ),
+        "u_partial": (
+            _u_partial_kernel,
+            {
+                "wq_ptr": X,
+                "bq_ptr": X,
+                "bk_ptr": X,
+                "kpart_ptr": f32p,
+                "upart_ptr": f32p,
+                "cpart_ptr": f32p,
+                "H": "i32",
+                "D": "i32",
+                "stride_w": "i32",
+                "h_per_split": "i32",
+                "B": "i32",
+                "n_ksplits": "i32",
+            },
+            gemv,
+            nw,
+        ),
+        "score_partial": (
+            _score_partial_kernel,
+            {
+                "x_ptr": X,
+                "cu_ptr": i64p,
+                "u_ptr": f32p,
+                "part_ptr": f32p,
+                "D": "i32",
+                "stride_x": "i32",
+                "total": "i32",
+                "d_per_split": "i32",
+            },
+            {"BLOCK_N": cfg.block_n, "BLOCK_D": cfg.block_d},
+            nw,
+        ),
+    }
+    sel_sig = {
+        "spart_ptr": f32p,
+        "cpart_ptr": f32p,
+        "cu_ptr": i64p,
+        "cuk_ptr": i64p,
+        "scores_ptr": f32p,
+        "idx_ptr": i64p,
+        "total": "i32",
+        "n_ssplits": "i32",
+        "n_csplits": "i32",
+        "B": "i32",
+        "sqrt_h": "fp32",
+    }
+    blocks = sorted({min(b, cfg.sel_one_chunk_max) for b in (256, 1024, 2048, cfg.sel_one_chunk_max)})
+    for block, one in [(b, True) for b in blocks] + [(cfg.sel_block_max, False)]:
+        specs[f"select_{block}_{'one' if one else 'chunked'}"] = (
+            _select_kernel,
+            sel_sig,
+            {"BLOCK": block, "ONE_CHUNK": one, "RADIX_BITS": cfg.radix_bits},
+            _select_warps(block, one),
+        )
+    gather_sig = {
+        "x_ptr": X,
+        "stride_x": "i32",
+        "cu_ptr": i64p,
+        "cuk_ptr": i64p,
+        "idx_ptr": i64p,
+        "grid_ptr": i64p,
+        "out_ptr": X,
+        "pos_ptr": i64p,
+        "D": "i32",
+        "d_per_split": "i32",
+    }
+    for has_pos, wide in ((True, False), (False, False), (True, True)):
+        specs[f"gather_{'pos' if has_pos else 'nopos'}{'_wide' if wide else ''}"] = (
+            _gather_kernel,
+            gather_sig,
+            {"HAS_POS": has_pos, "WIDE": wide, "BLOCK_R": cfg.gather_block_r, "BLOCK_D": cfg.gather_block_d},
+            nw,
+        )
+    return specs
+
+
+def aligned_attrs(fn, signature: dict) -> dict:
+    """ASTSource attrs marking every pointer and every int argument divisible by 16, as the JIT does when a call's
+    pointers are 16-byte aligned and its sizes/strides are multiples of 16 (the usual case: D = 2048, 3584, ...)."""
+    out = {}
+    for name, ty in signature.items():
+        if ty.startswith("*") or ty in ("i32", "i64"):
+            out[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    return out
