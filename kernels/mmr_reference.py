@@ -1,7 +1,7 @@
 """Plain-torch MMR selection over a packed batch: the oracle of ``mmr_select.py`` and the production path on CPU.
 
 Built only from the shared core: :func:`vs_vllm.selection.mmr.mmr_select` per image (learned + diversity selection
-by maximal marginal relevance; ``lam == 1`` is VisionSelector's exact top-K), ``importance_scores`` for the scores
+by maximal marginal relevance; ``lam == 1`` is VisionSelector's exact top-K), ``scores_with_plan_ref`` for the scores
 (the same call as ``reference.py``), and ``gather_with_plan_ref`` for the rows and (t, h, w) positions. Nothing here
 imports triton.
 """
@@ -14,14 +14,12 @@ from collections.abc import Sequence
 import torch
 
 from vs_vllm.selection.mmr import mmr_select, validate_lambda
-from vs_vllm.selection.scorer import importance_scores
 
 from .common import Plan, Selection, check_scorer_weights, empty_selection, make_plan
-from .reference import gather_with_plan_ref
+from .reference import gather_with_plan_ref, scores_with_plan_ref
 
 __all__ = [
     "lambdas_for",
-    "mmr_scores_ref",
     "mmr_select_ref",
     "mmr_with_plan_ref",
     "select_mmr_with_plan_ref",
@@ -67,15 +65,6 @@ def mmr_select_ref(scores: torch.Tensor, x: torch.Tensor, cu_seqlens, keep, lamb
     return mmr_with_plan_ref(scores, x, plan, lambdas_for(lambdas, plan.num_images))
 
 
-def mmr_scores_ref(
-    x: torch.Tensor, plan: Plan, q_weight: torch.Tensor, q_bias: torch.Tensor, k_weight: torch.Tensor,
-    k_bias: torch.Tensor,
-) -> torch.Tensor:
-    """VisionSelector's fp32 scores [sum N] (per-image mean key), exactly as ``select_with_scores_ref`` gets them."""
-    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long)
-    return importance_scores(x, q_weight, q_bias, k_weight, k_bias, cu_seqlens=cu, scope="per_image")
-
-
 def select_mmr_with_plan_ref(
     x: torch.Tensor,
     plan: Plan,
@@ -88,7 +77,7 @@ def select_mmr_with_plan_ref(
     """Scores, MMR and the shared gather for a validated plan; also returns the fp32 scores [sum N]."""
     if plan.num_images == 0:
         return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
-    scores = mmr_scores_ref(x, plan, q_weight, q_bias, k_weight, k_bias)
+    scores = scores_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias)
     return gather_with_plan_ref(x, plan, mmr_with_plan_ref(scores, x, plan, lambdas)), scores
 
 

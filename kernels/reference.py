@@ -13,7 +13,13 @@ from vs_vllm.selection.topk import select_topk
 
 from .common import Plan, Selection, check_scorer_weights, empty_selection, host_ints_on, make_gather_plan, make_plan
 
-__all__ = ["gather_selected_ref", "gather_with_plan_ref", "select_tokens_ref", "select_with_scores_ref"]
+__all__ = [
+    "gather_selected_ref",
+    "gather_with_plan_ref",
+    "scores_with_plan_ref",
+    "select_tokens_ref",
+    "select_with_scores_ref",
+]
 
 
 def _positions(plan: Plan, indices: torch.Tensor, device: torch.device) -> torch.Tensor | None:
@@ -42,6 +48,15 @@ def gather_with_plan_ref(x: torch.Tensor, plan: Plan, indices: torch.Tensor) -> 
     return Selection(rows, indices, _positions(plan, indices, dev), cu_keep)
 
 
+def scores_with_plan_ref(
+    x: torch.Tensor, plan: Plan, q_weight: torch.Tensor, q_bias: torch.Tensor, k_weight: torch.Tensor,
+    k_bias: torch.Tensor,
+) -> torch.Tensor:
+    """VisionSelector's fp32 scores [sum N] with each image's own mean key (every learned method starts here)."""
+    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long)  # host sizes: validated on the host, copied without a sync
+    return importance_scores(x, q_weight, q_bias, k_weight, k_bias, cu_seqlens=cu, scope="per_image")
+
+
 def select_with_scores_ref(
     x: torch.Tensor,
     plan: Plan,
@@ -53,8 +68,7 @@ def select_with_scores_ref(
     """Reference selection for a validated plan; also returns the fp32 scores [sum N]."""
     if plan.num_images == 0:
         return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
-    cu = torch.tensor(plan.cu_seqlens, dtype=torch.long)  # host sizes: validated on the host, copied without a sync
-    scores = importance_scores(x, q_weight, q_bias, k_weight, k_bias, cu_seqlens=cu, scope="per_image")
+    scores = scores_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias)
     cs = plan.cu_seqlens
     picked = [select_topk(scores[cs[i] : cs[i + 1]], k) for i, k in enumerate(plan.keep)]
     indices = torch.cat(picked) if picked else torch.empty(0, dtype=torch.long, device=x.device)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import importlib.util
 import os
 import platform
 import re
@@ -41,25 +40,11 @@ LAMBDA = 0.5
 
 
 def _import_kernels():
-    """``vs_vllm.kernels`` from the install, or from this checkout's top-level kernels/ (mapped by package-dir)."""
-    try:
-        from vs_vllm import kernels
+    """``vs_vllm.kernels``, also from a plain checkout (bench_select's loader, shared by every kernel benchmark)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_select import _import_kernels as load
 
-        return kernels
-    except ImportError:
-        pass
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import vs_vllm
-
-    spec = importlib.util.spec_from_file_location(
-        "vs_vllm.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vs_vllm.kernels"] = module
-    spec.loader.exec_module(module)
-    vs_vllm.kernels = module
-    return module
+    return load()
 
 
 def cpu_description() -> str:

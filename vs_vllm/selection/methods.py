@@ -16,6 +16,7 @@ which also checks the output contract. Adding a method means one decorated funct
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -330,10 +331,16 @@ def dart(embeddings, grid, k, *, scorer=None, seed=None):
 METHOD_OPTIONS = ("selection_lambda",)
 
 
+@functools.lru_cache(maxsize=64)
+def _accepted_options(fn: SelectionMethod) -> frozenset[str]:
+    """The METHOD_OPTIONS ``fn`` takes (read once per method: select() runs per image on the serving path)."""
+    return frozenset(METHOD_OPTIONS) & frozenset(inspect.signature(fn).parameters)
+
+
 def _method_kwargs(fn: SelectionMethod, kwargs: dict) -> dict:
     if not any(name in kwargs for name in METHOD_OPTIONS):
         return kwargs
-    accepted = inspect.signature(fn).parameters
+    accepted = _accepted_options(fn)
     return {key: value for key, value in kwargs.items() if key not in METHOD_OPTIONS or key in accepted}
 
 

@@ -64,12 +64,8 @@ class PruningModelMixin:
         self.vs_encoder_budget: int | None = int(vllm_config.scheduler_config.max_num_encoder_input_tokens) or None
 
     @cached_property
-    def vs_hf_config(self) -> Any:
-        return self.config  # type: ignore[attr-defined]
-
-    @cached_property
     def vs_media_token_ids(self) -> tuple[int, ...]:
-        return tuple(self.vs_adapter.media_token_ids(self.vs_hf_config).values())
+        return tuple(self.vs_adapter.media_token_ids(self.config).values())
 
     @cached_property
     def vs_positions(self) -> PositionScheme:
@@ -114,13 +110,13 @@ class PruningModelMixin:
             if modality not in adapter.pruned_modalities:
                 outputs.extend(unpositioned(e) for e in adapter.encode(self, modality, mm_input))
                 continue
-            grids = adapter.llm_grids(adapter.item_grids_of(modality, mm_input), self.vs_hf_config)
+            grids = adapter.llm_grids(adapter.item_grids_of(modality, mm_input), self.config)
             embeds = self._vs_encode(modality, mm_input, grids)
             choices = self._vs_choices(modality, fields, [int(e.shape[0]) for e in embeds])
             for grid in grids:
                 check_grid_fits(grid)
             kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
-                                adapter.scored_width(self.vs_hf_config))
+                                adapter.scored_width(self.config))
             outputs.extend(with_channels(rows, coords) for rows, coords in kept)
         return outputs
 

@@ -79,13 +79,14 @@ def select_items(
         keep = [choices[i].keep for i in packed]
         packed_grids = [grids[i] for i in packed]
         weights = (scorer.q_proj.weight, scorer.q_proj.bias, scorer.k_proj.weight, scorer.k_proj.bias)
+        x_scored = scored(x_full)
         if method == "visionselector":
-            sel = select_tokens(scored(x_full), cu, keep, *weights, grids=packed_grids)
+            sel = select_tokens(x_scored, cu, keep, *weights, grids=packed_grids)
         else:
-            sel = select_tokens_mmr(scored(x_full), cu, keep, *weights, [choices[i].selection_lambda for i in packed],
+            sel = select_tokens_mmr(x_scored, cu, keep, *weights, [choices[i].selection_lambda for i in packed],
                                     grids=packed_grids)
         rows = sel.rows
-        if scored(x_full) is not x_full:
+        if x_scored is not x_full:  # rows wider than the scored columns: gather them whole
             rows = gather_selected(x_full, cu, sel.indices, cu_keep, grids=packed_grids).rows
         for j, i in enumerate(packed):
             a, b = cu_keep[j], cu_keep[j + 1]
