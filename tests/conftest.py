@@ -108,38 +108,60 @@ def plugin_server(tiny_model_dir: Path, scorer_file: Path, start_plugin_server):
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default tiny Qwen2-VL (seed 0), built once per test session."""
+def tiny_arch_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_arch_dir(arch)`` -> the tiny model of ``arch`` (seed 0), built once per test session."""
     from vs_vllm.testing.tiny_models import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2_vl"), arch="qwen2_vl", seed=0)
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch=arch, seed=0)
+        return built[arch]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def qwen2_vl_servers(tiny_qwen2_vl_dir: Path, scorer_file: Path, start_plugin_server, tmp_path_factory):
-    """(stock ``vllm serve``, ``vs-vllm serve`` with a scorer) of the tiny Qwen2-VL, started on first use."""
+def tiny_qwen2_vl_dir(tiny_arch_dir) -> Path:
+    """The default tiny Qwen2-VL (seed 0), built once per test session."""
+    return tiny_arch_dir("qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_server, tmp_path_factory):
+    """``served_arch(arch)`` -> (model_dir, stock server, plugin server) for each architecture the e2e matrix covers.
+
+    Qwen2.5-VL uses the session-wide servers. Any other architecture gets its own stock ``vllm serve`` and
+    ``vs-vllm serve`` (with the shared scorer: every tiny model has the same hidden size), one architecture at a time:
+    asking for another stops the previous pair (the e2e module runs grouped by architecture), so at most two extra
+    servers are alive on the 2-core, 24 GiB CI machine.
+    """
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
-    stock = VLLMServer(tiny_qwen2_vl_dir, tiny_serve_args(max_images=4),
-                       log_path=tmp_path_factory.mktemp("vllm-server-qwen2_vl") / "server.log")
-    stock.start()
-    try:
-        yield stock, start_plugin_server(tiny_qwen2_vl_dir, scorer=scorer_file)
-    finally:
-        stock.stop()
+    current: dict[str, object] = {}
 
-
-@pytest.fixture(scope="session")
-def served_arch(request: pytest.FixtureRequest):
-    """``served_arch(arch)`` -> (model_dir, stock server, plugin server) for each architecture the e2e matrix covers."""
+    def stop_current() -> None:
+        for server in current.pop("servers", ()):
+            server.stop()
+        current.pop("arch", None)
 
     def get(arch: str):
         if arch == "qwen2_5_vl":
             return (request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("vllm_server"),
                     request.getfixturevalue("plugin_server"))
-        if arch == "qwen2_vl":
-            stock, plugin = request.getfixturevalue("qwen2_vl_servers")
-            return request.getfixturevalue("tiny_qwen2_vl_dir"), stock, plugin
-        raise ValueError(f"no e2e setup for {arch}")
+        if current.get("arch") != arch:
+            stop_current()
+            model_dir = tiny_arch_dir(arch)
+            stock = VLLMServer(model_dir, tiny_serve_args(max_images=4),
+                               log_path=tmp_path_factory.mktemp(f"vllm-server-{arch}") / "server.log")
+            stock.start()
+            current["servers"] = [stock]
+            plugin = start_plugin_server(model_dir, scorer=request.getfixturevalue("scorer_file"))
+            current.update(arch=arch, servers=[stock, plugin], result=(model_dir, stock, plugin))
+        return current["result"]
 
-    return get
+    try:
+        yield get
+    finally:
+        stop_current()

@@ -166,3 +166,61 @@ def test_cli_offers_every_arch() -> None:
     assert "qwen2_vl" in list_archs()
     with pytest.raises(SystemExit):
         parser.parse_args(["tiny-model", "out", "--arch", "nope"])
+
+
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_vl_moe"])
+def test_qwen3_vl_same_seed_gives_byte_identical_files(tiny_arch_dir, tmp_path: Path, arch: str) -> None:
+    first = _files(tiny_arch_dir(arch))
+    second = _files(build_tiny_model(tmp_path / "again", arch=arch, seed=0))
+    assert sorted(first) == sorted(second)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "video_preprocessor_config.json",
+            "tokenizer.json", "chat_template.jinja", "vs_vllm_tiny_model.json"} <= set(first)
+    for name in first:
+        assert first[name] == second[name], f"{name} differs between two {arch} builds with seed 0"
+    other = _files(build_tiny_model(tmp_path / "seed1", arch=arch, seed=1))
+    assert other["model.safetensors"] != first["model.safetensors"]
+    assert other["config.json"] == first["config.json"]
+
+
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_vl_moe"])
+def test_qwen3_vl_config_is_the_released_layout(tiny_arch_dir, arch: str) -> None:
+    model_dir = tiny_arch_dir(arch)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["model_type"] == arch
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    assert text["head_dim"] in (32, 64, 80, 96, 112, 128)
+    rope = text["rope_parameters"]
+    assert rope["mrope_interleaved"] is True and sum(rope["mrope_section"]) * 2 == text["head_dim"]
+    # DeepStack on: at least one level, each feeding one LLM layer; the merger output is the LLM width.
+    levels = vision["deepstack_visual_indexes"]
+    assert 1 <= len(levels) <= text["num_hidden_layers"] and max(levels) < vision["depth"]
+    assert vision["out_hidden_size"] == text["hidden_size"]
+    assert (vision["patch_size"], vision["spatial_merge_size"], vision["temporal_patch_size"]) == (16, 2, 2)
+    assert vision["hidden_size"] // vision["num_heads"] == 64
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    assert pre["processor_class"] == "Qwen3VLProcessor" and pre["patch_size"] == 16
+    if arch == "qwen3_vl_moe":
+        # transformers 5 writes num_experts under its attribute-map name
+        assert text.get("num_experts", text.get("num_local_experts")) >= 2 and text["norm_topk_prob"] is True
+        assert 2 * text["moe_intermediate_size"] != text["hidden_size"]
+
+
+def test_qwen3_vl_moe_experts_are_stored_as_released_and_load_back(tiny_arch_dir) -> None:
+    """The fused expert tensors are [E, H, 2I] / [E, I, H] on disk (vLLM's loader expects that), and transformers
+    loads them back into exactly the seeded model's weights."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+    model_dir = tiny_arch_dir("qwen3_vl_moe")
+    text = json.loads((model_dir / "config.json").read_text())["text_config"]
+    experts, hidden, inter = text.get("num_experts", text.get("num_local_experts")), text["hidden_size"], text["moe_intermediate_size"]
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if "layers.0.mlp.experts" in k}
+    assert shapes == {"model.language_model.layers.0.mlp.experts.gate_up_proj": (experts, hidden, 2 * inter),
+                      "model.language_model.layers.0.mlp.experts.down_proj": (experts, inter, hidden)}
+    loaded = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(0)  # the builder's seed: the same init, in memory
+    fresh = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig.from_pretrained(model_dir)).to(torch.float32)
+    for (name, a), (_, b) in zip(sorted(loaded.state_dict().items()), sorted(fresh.state_dict().items())):
+        assert torch.equal(a, b), name

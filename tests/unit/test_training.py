@@ -1,4 +1,5 @@
-"""Scorer training on the tiny Qwen2.5-VL: data and labels, the objective, a short run, resume, CLI."""
+"""Scorer training on the tiny Qwen2.5-VL: data and labels, the objective, a short run, resume, CLI; and on the tiny
+Qwen3-VL / Qwen3-VL-MoE, whose DeepStack levels must receive the same soft mask as the main features."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     (root / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vs_vllm.testing.tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_vl"), arch="qwen3_vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl_moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vs_vllm.testing.tiny_models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3_vl_moe"), arch="qwen3_vl_moe", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +281,14 @@ def test_scopes_run_on_mixed_batches(hf, tiny_model_dir, data_dir, tmp_path, sco
     assert math.isfinite(h["loss"]) and h["bce"] > 0 and 0 < h["p_kept"] < 1
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "tiny_qwen2_vl_dir"])
+@pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "tiny_qwen2_vl_dir", "tiny_qwen3_vl_dir",
+                                           "tiny_qwen3_vl_moe_dir"])
 def test_cli_trains_end_to_end(model_fixture: str, data_dir: Path, tmp_path: Path, request) -> None:
     tiny_model_dir = request.getfixturevalue(model_fixture)
+    model_config = json.loads((tiny_model_dir / "config.json").read_text())
+    # The scorer reads the merger outputs: its width is the vision tower's output size (Qwen2-VL calls it hidden_size).
+    vision_out = model_config["vision_config"].get("out_hidden_size") or model_config["text_config"]["hidden_size"]
+    assert vision_out == HIDDEN
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
@@ -280,12 +300,107 @@ def test_cli_trains_end_to_end(model_fixture: str, data_dir: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = Path(proc.stdout.strip().splitlines()[-1])
     assert final == out / "scorer.safetensors"
-    scorer = load_scorer(final, in_features=HIDDEN)
-    assert scorer.hidden_dim == HIDDEN // 2
+    scorer = load_scorer(final, in_features=vision_out)
+    assert scorer.in_features == vision_out and scorer.hidden_dim == vision_out // 2
     assert (out / "checkpoint-2" / "training_state.pt").is_file()
     config = json.loads((out / "train_config.json").read_text())
     assert config["topk_scope"] == "pooled" and config["derived"]["max_steps"] == 2
 
+
+
+# ------------------------------------------------------------------------------------------ Qwen3-VL (DeepStack)
+QWEN3_ARCHS = {"qwen3_vl": "tiny_qwen3_vl_dir", "qwen3_vl_moe": "tiny_qwen3_vl_moe_dir"}
+
+
+@pytest.fixture(scope="module", params=list(QWEN3_ARCHS))
+def hf_qwen3(request):
+    """(model, processor) of each tiny DeepStack model, fp32, frozen as the trainer would leave it."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = request.getfixturevalue(QWEN3_ARCHS[request.param])
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
+    assert model.config.model_type == request.param
+    return model, processor
+
+
+def _scorer_grads(model, scorer, batch, *, unmask_deepstack: bool) -> tuple[list[torch.Tensor], dict]:
+    """Scorer gradients of one training forward, and the keyword arguments the language model received.
+    ``unmask_deepstack`` swaps the DeepStack features the LLM gets for the unscaled ones: the run the soft mask must
+    be distinguishable from."""
+    from vs_vllm.training.forward import training_forward
+
+    received: dict = {}
+
+    def intercept(module, args, kwargs):
+        if unmask_deepstack:
+            with torch.no_grad():
+                out = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
+            kwargs["deepstack_visual_embeds"] = [torch.cat(list(level)) for level in out.deepstack_features]
+        received.update(kwargs)
+        return args, kwargs
+
+    scorer.zero_grad(set_to_none=True)
+    handle = model.model.language_model.register_forward_pre_hook(intercept, with_kwargs=True)
+    try:
+        step = training_forward(model, scorer, batch, ratio=0.2, scope="sample", lam=1.0)
+    finally:
+        handle.remove()
+    step.loss.backward()
+    return [p.grad.detach().clone() for p in scorer.parameters()], received
+
+
+def test_deepstack_levels_receive_the_soft_mask(hf_qwen3, data_dir: Path) -> None:
+    """Every DeepStack level reaches the LLM scaled by the same p as the main features (at the image slots, in the
+    same order), so the scorer's gradient flows through DeepStack too: it differs from a run with unmasked levels."""
+    model, processor = hf_qwen3
+    ds = ConversationDataset(data_dir / "mixed.jsonl", processor)
+    tok = processor.tokenizer
+    batch = collate_batch([ds[0], ds[1], ds[2]], pad_token_id=tok.pad_token_id)  # two images, text only, one image
+    hidden = int(model.config.vision_config.out_hidden_size)
+    torch.manual_seed(0)
+    scorer = TransformerScorer(hidden, init_std=0.05)
+
+    grads, received = _scorer_grads(model, scorer, batch, unmask_deepstack=False)
+    assert all(bool(g.abs().sum() > 0) for g in grads)
+
+    with torch.no_grad():
+        out = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
+        x = torch.cat(list(out.pooler_output))
+        assert x.shape[1] == hidden  # the scorer reads the main columns only
+        sel = soft_select(scorer, x, [int(f.shape[0]) for f in out.pooler_output], batch["images_per_sample"],
+                          ratio=0.2, scope="sample")
+    p = sel.mask.detach()
+    assert 0 < float(p.min()) < float(p.max()) < 1  # a real soft mask: neither all ones nor one constant
+    image_mask = batch["input_ids"] == model.config.image_token_id
+    assert torch.equal(received["visual_pos_masks"], image_mask)
+    torch.testing.assert_close(received["inputs_embeds"][image_mask], x * p[:, None])
+    levels = received["deepstack_visual_embeds"]
+    assert len(levels) == len(model.config.vision_config.deepstack_visual_indexes) == len(out.deepstack_features)
+    for got, level in zip(levels, out.deepstack_features):
+        torch.testing.assert_close(got, torch.cat(list(level)) * p[:, None])
+        assert got.requires_grad  # the mask's gradient reaches the scorer through every level
+
+    unmasked, _ = _scorer_grads(model, scorer, batch, unmask_deepstack=True)
+    diff = max(float((a - b).abs().max()) for a, b in zip(grads, unmasked))
+    assert diff > 1e-2 * max(float(g.abs().max()) for g in grads), diff
+
+
+def test_qwen3_vl_short_run_trains_the_scorer(tiny_qwen3_vl_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    cfg = make_config(tiny_qwen3_vl_dir, data_dir / "data.json", tmp_path, max_steps=12, batch_size=1, lr=2e-2,
+                      lambda_start=1.0, lambda_end=1.0, warmup_ratio=0.0)
+    trainer = ScorerTrainer(cfg)
+    path = Path(trainer.train())
+    losses = [h["loss"] for h in trainer.history]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+    assert trainer.history[-1]["p_kept"] > trainer.history[0]["p_kept"] + 0.3
+    fresh = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl_dir, dtype=torch.float32).state_dict()
+    trained = trainer.model.state_dict()
+    assert [k for k in fresh if not torch.equal(fresh[k], trained[k])] == []
+    assert load_scorer(path, in_features=HIDDEN).in_features == HIDDEN
 
 
 def test_cli_reports_user_errors(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -25,7 +25,10 @@ QUESTION = "What colour is the shape?"
 MAX_TOKENS = 8
 
 
-ARCHS = ["qwen2_5_vl", "qwen2_vl"]
+#: Every architecture with an adapter runs the whole matrix, except the MoE variant of Qwen3-VL, whose vision path
+#: and adapter are the dense one's: it runs ratio 1.0 == stock and pruned == HF (``MOE_ARCHS`` tests).
+ARCHS = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
+MOE_ARCHS = ARCHS + ["qwen3_vl_moe"]
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -84,6 +87,7 @@ def _images(key):
     return [noise_image(w, h, seed=31 + i) for i, (w, h) in enumerate(IMAGE_SETS[key])]
 
 
+@pytest.mark.parametrize("arch_setup", MOE_ARCHS, indirect=True)
 @pytest.mark.parametrize("key", ["square", "two-images"])
 def test_ratio_one_is_token_identical_to_stock_vllm(arch_setup, key) -> None:
     _, _, vllm_server, plugin_server = arch_setup
@@ -98,25 +102,39 @@ def test_ratio_one_is_token_identical_to_stock_vllm(arch_setup, key) -> None:
 @pytest.mark.parametrize("key", IMAGE_SETS)
 def test_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
     """Prompt size and greedy tokens equal the transformers reference with the same scorer."""
+    _check_matches_hf_reference(arch_setup, hf_reference, key, ratio)
+
+
+@pytest.mark.parametrize("arch_setup", ["qwen3_vl_moe"], indirect=True)
+@pytest.mark.parametrize("key,ratio", [("two-images", 0.3), ("odd", 0.1)])
+def test_moe_pruned_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
+    _check_matches_hf_reference(arch_setup, hf_reference, key, ratio)
+
+
+def _check_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
     plugin_server = arch_setup[3]
     images = _images(key)
     tokens, prompt_tokens, kept, total = hf_reference(key, images, ratio)
     resp = _chat(plugin_server, images, retention_ratio=ratio)
-    counts = _visual_counts(key)
+    counts = _visual_counts(arch_setup[1], key)
     assert sum(counts) == total and kept < total
     text_tokens = prompt_tokens - kept
     assert resp.usage.prompt_tokens == prompt_tokens == text_tokens + sum(keep_count(n, ratio) for n in counts)
     assert resp.choices[0].token_ids == tokens
 
 
-def _visual_counts(key):
-    """N_i per image of IMAGE_SETS[key]: the tiny model's processor resizes to multiples of 28 within 4..64 tokens."""
+def _visual_counts(model_dir, key):
+    """N_i per image of IMAGE_SETS[key]: the processor resizes to multiples of one LLM token (patch x merge pixels:
+    28 for Qwen2/2.5-VL, 32 for Qwen3-VL) within the model's pixel bounds."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    token_px = pre["patch_size"] * pre["merge_size"]
     counts = []
     for w, h in IMAGE_SETS[key]:
-        rh, rw = smart_resize(h, w, factor=28, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
-        counts.append((rh // 28) * (rw // 28))
+        rh, rw = smart_resize(h, w, factor=token_px, min_pixels=pre["size"]["shortest_edge"],
+                              max_pixels=pre["size"]["longest_edge"])
+        counts.append((rh // token_px) * (rw // token_px))
     return counts
 
 
@@ -188,7 +206,7 @@ def test_completions_endpoint_and_text_only(plugin_server, vllm_server) -> None:
     assert ours.usage.prompt_tokens == ref.usage.prompt_tokens
 
 
-def test_visual_token_counts_reach_the_client_and_metrics(plugin_server) -> None:
+def test_visual_token_counts_reach_the_client_and_metrics(plugin_server, tiny_model_dir) -> None:
     images = _images("two-images")
     client = openai_client(plugin_server.base_url)
     raw = client.chat.completions.with_raw_response.create(
@@ -196,7 +214,7 @@ def test_visual_token_counts_reach_the_client_and_metrics(plugin_server) -> None
         extra_body={"retention_ratio": 0.25},
     )
     body = json.loads(raw.text)
-    counts = _visual_counts("two-images")
+    counts = _visual_counts(tiny_model_dir, "two-images")
     kept = sum(keep_count(n, 0.25) for n in counts)
     assert body["usage"]["visual_tokens"] == {"kept": kept, "total": sum(counts), "images": 2}
     assert int(raw.headers["x-vs-visual-tokens-kept"]) == kept

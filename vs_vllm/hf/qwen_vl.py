@@ -1,15 +1,22 @@
-"""Reference inference for a transformers Qwen2-VL or Qwen2.5-VL with visual-token selection.
+"""Reference inference for a transformers Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE with visual-token selection.
 
-Both architectures expose the same pieces this needs (``model.model.visual``, ``get_image_features`` returning
-per-image merger outputs, ``model.model.language_model``, ``lm_head``) and the same image M-RoPE, so one class
-serves both; ``vs_vllm.hf.qwen2_vl`` and ``vs_vllm.hf.qwen2_5_vl`` re-export it.
+All four expose the same pieces this needs (``model.model.visual``, ``get_image_features`` returning per-image merger
+outputs, ``model.model.language_model``, ``lm_head``) and the same image M-RoPE layout, so one class serves them;
+``vs_vllm.hf.qwen2_vl`` and ``vs_vllm.hf.qwen2_5_vl`` re-export it. The one architectural difference that matters
+here is DeepStack (Qwen3-VL and its MoE variant, :data:`DEEPSTACK_MODEL_TYPES`): besides the main merger output, the
+vision tower emits one extra [N_i, D] feature per DeepStack level, which the language model adds to the hidden states
+of the visual positions after decoder layer ``level``. Interleaved M-RoPE (Qwen3) only changes how the language
+model consumes the (t, h, w) positions, not the positions themselves.
 
 This is the oracle the vLLM plugin is tested against, written to be obviously right rather than fast:
 
 1. the HF processor expands each image to its N_i placeholder tokens as usual;
 2. the vision tower runs; each image keeps K_i = keep_count(N_i, ratio) tokens chosen by the requested method
-   (the shared registry in ``vs_vllm.selection.methods``), in original order;
-3. dropped image tokens are removed from ``input_ids`` and the embeddings before the LLM;
+   (the shared registry in ``vs_vllm.selection.methods``), in original order. Scorer and methods read the main
+   merger output only (D columns), never the DeepStack levels;
+3. dropped image tokens are removed from ``input_ids`` and the embeddings before the LLM; with DeepStack, every
+   level is gathered at the same kept indices (dropping a token drops it at every layer), and the prefill step gets
+   those features plus the visual-position mask of the pruned sequence (decode steps get neither);
 4. positions: kept tokens keep their original M-RoPE (t, h, w); text keeps its unpruned positions; decoding continues at
    P_max + 1 (``vs_vllm.selection.positions``, checked against transformers' own ``get_rope_index``);
 5. greedy decoding with a KV cache.
@@ -31,10 +38,12 @@ from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
 from vs_vllm.selection.positions import mrope_positions
 
-__all__ = ["MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
+__all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
 
 #: transformers ``model_type`` values this reference (and ``vs-vllm train``, which shares its forward) supports.
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+#: The subset whose vision tower feeds DeepStack levels into the first decoder layers of the language model.
+DEEPSTACK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 
 
 @dataclass
@@ -48,14 +57,35 @@ class PrunedPrompt:
     kept: list[torch.Tensor]  # per image: ascending flat indices of the kept tokens
     visual_total: int  # sum N_i
     visual_kept: int  # sum K_i
+    # DeepStack models with images only (None otherwise): per level, the kept tokens' features [sum K_i, D] in prompt
+    # order, and the [1, L'] mask of the image slots they are added to.
+    deepstack_embeds: list[torch.Tensor] | None = None
+    visual_pos_mask: torch.Tensor | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
+    def prefill_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of the language model's forward for the prefill of this prompt (add ``past_key_values``,
+        ``use_cache`` as needed). Decode steps must not pass the DeepStack entries: they only touch image slots."""
+        kwargs: dict[str, object] = {"inputs_embeds": self.inputs_embeds, "position_ids": self.position_ids}
+        if self.deepstack_embeds is not None:
+            kwargs["visual_pos_masks"] = self.visual_pos_mask
+            kwargs["deepstack_visual_embeds"] = self.deepstack_embeds
+        return kwargs
+
+
+@dataclass
+class ImageFeatures:
+    """Vision-tower output of one prompt, split per image."""
+
+    main: list[torch.Tensor]  # per image [N_i, D]: the merger output that replaces the placeholder embeddings
+    deepstack: list[list[torch.Tensor]]  # per level, per image [N_i, D]; empty without DeepStack
+
 
 class QwenVLSelector:
-    """Wraps a ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen2VLForConditionalGeneration`` (frozen) with
+    """Wraps a frozen Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE ``...ForConditionalGeneration`` with
     VisionSelector-style pruning.
 
     ``scorer`` is a :class:`~vs_vllm.selection.scorer.TransformerScorer`; when omitted, ``model.visual.importance_scorer``
@@ -65,6 +95,12 @@ class QwenVLSelector:
     def __init__(self, model, scorer=None) -> None:
         self.model = model
         self.config = model.config
+        model_type = getattr(self.config, "model_type", None)
+        if model_type not in MODEL_TYPES:
+            # Refused rather than guessed: an unknown variant may carry per-layer visual inputs (like DeepStack) that
+            # a pruned prompt would silently drop.
+            raise ValueError(f"QwenVLSelector supports model_type {', '.join(MODEL_TYPES)}; got {model_type!r}")
+        self.has_deepstack = model_type in DEEPSTACK_MODEL_TYPES
         self.scorer = scorer if scorer is not None else getattr(model.model.visual, "importance_scorer", None)
         self.merge = int(self.config.vision_config.spatial_merge_size)
         self.image_token_id = int(self.config.image_token_id)
@@ -77,12 +113,17 @@ class QwenVLSelector:
         return [(int(t), int(h) // self.merge, int(w) // self.merge) for t, h, w in image_grid_thw.tolist()]
 
     @torch.no_grad()
-    def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Merger outputs per image, [N_i, D] each, in raster order."""
+    def vision_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> ImageFeatures:
+        """Main merger outputs and (DeepStack models) every level's features, per image, in raster order."""
         out = self.model.model.get_image_features(
             pixel_values.to(self.device), image_grid_thw.to(self.device), return_dict=True
         )
-        return list(out.pooler_output)
+        deepstack = [list(level) for level in out.deepstack_features] if self.has_deepstack else []
+        return ImageFeatures(main=list(out.pooler_output), deepstack=deepstack)
+
+    def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Merger outputs per image, [N_i, D] each, in raster order (the main features only)."""
+        return self.vision_features(pixel_values, image_grid_thw).main
 
     @torch.no_grad()
     def prepare(
@@ -106,8 +147,11 @@ class QwenVLSelector:
         grid_thw = inputs.get("image_grid_thw")
         grids = self.llm_grids(grid_thw) if grid_thw is not None else []
         kept: list[torch.Tensor] = []
+        deepstack_embeds: list[torch.Tensor] | None = None
+        visual_pos_mask: torch.Tensor | None = None
         if grids:
-            features = self.image_features(inputs["pixel_values"], grid_thw)
+            vision = self.vision_features(inputs["pixel_values"], grid_thw)
+            features = vision.main
             for feat, grid in zip(features, grids):
                 k = keep_count(feat.shape[0], ratio)
                 if k == feat.shape[0]:
@@ -127,6 +171,12 @@ class QwenVLSelector:
             embeds[kept_slots] = torch.cat([f[idx] for f, idx in zip(features, kept)]).to(embeds.dtype)
             ids = ids[keep_mask]
             embeds = embeds[keep_mask]
+            if self.has_deepstack:
+                # Same indices as the main features, image by image, so level l's row j belongs to the j-th kept slot.
+                deepstack_embeds = [
+                    torch.cat([f[idx] for f, idx in zip(level, kept)]).to(embeds.dtype) for level in vision.deepstack
+                ]
+                visual_pos_mask = (ids == self.image_token_id)[None]
 
         positions, delta = mrope_positions(ids.cpu(), self.image_token_id, grids, kept=[k.cpu() for k in kept])
         visual_total = sum(t * h * w for t, h, w in grids)
@@ -138,6 +188,8 @@ class QwenVLSelector:
             kept=kept,
             visual_total=visual_total,
             visual_kept=sum(int(k.numel()) for k in kept),
+            deepstack_embeds=deepstack_embeds,
+            visual_pos_mask=visual_pos_mask,
         )
 
     @torch.no_grad()
@@ -157,8 +209,7 @@ class QwenVLSelector:
         prompt = self.prepare(inputs, ratio=ratio, method=method, seed=seed, selection_lambda=selection_lambda)
         lm = self.model.model.language_model
         cache = DynamicCache(config=self.config.get_text_config())
-        out = lm(inputs_embeds=prompt.inputs_embeds, position_ids=prompt.position_ids, past_key_values=cache,
-                 use_cache=True)
+        out = lm(**prompt.prefill_kwargs(), past_key_values=cache, use_cache=True)
         generated: list[int] = []
         next_pos = prompt.prompt_tokens + prompt.rope_delta  # = P_max + 1
         for step in range(max_new_tokens):
@@ -169,5 +220,6 @@ class QwenVLSelector:
                 break
             pos = torch.full((3, 1, 1), next_pos + step, dtype=torch.long, device=self.device)
             embeds = self.model.get_input_embeddings()(torch.tensor([[token]], device=self.device))
+            # No DeepStack inputs here: a generated token is text, and DeepStack only adds to image slots.
             out = lm(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
         return generated, prompt

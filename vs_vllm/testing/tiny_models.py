@@ -7,8 +7,8 @@ same seed gives byte-identical files.
 
 Each architecture is one builder function registered in ``ARCH_BUILDERS``: qwen2_5_vl and qwen2_vl (which share the
 tokenizer, the M-RoPE LLM config, the image processor and the saving code, and differ only in the vision config), and
-the text-only qwen2. qwen3_vl, llava and llava_onevision slot in the same way (config + processor files on top of the
-shared tokenizer builder).
+the text-only qwen2, and qwen3_vl / qwen3_vl_moe (Qwen3 LLM with interleaved M-RoPE, a dense or MoE MLP, 16-px
+patches, a learned position-embedding table and DeepStack levels, as the released configs have).
 """
 
 from __future__ import annotations
@@ -69,6 +69,13 @@ class QwenVLSizes:
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 64
     initializer_range: float = 0.02
+    # Qwen3-VL only: vision blocks whose outputs feed DeepStack levels (one LLM layer each), the learned position
+    # embedding table (a square grid), and the MoE LLM of qwen3_vl_moe.
+    deepstack_visual_indexes: tuple[int, ...] = (0, 1)
+    num_position_embeddings: int = 256
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    moe_intermediate: int = 64  # 2 * moe_intermediate != text_hidden: see _write_released_moe_layout
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,6 +198,7 @@ def _save_qwen_vl(
     tokenizer: Any,
     ids: Mapping[str, int],
     processor_class: str,
+    save_processor: Callable[[Path, QwenVLSizes], None] | None = None,
 ) -> None:
     """Instantiate ``model_cls(config)`` under ``seed`` and write weights, tokenizer, processor config and model card."""
     import torch
@@ -211,6 +219,10 @@ def _save_qwen_vl(
     model.save_pretrained(str(out), safe_serialization=True)
 
     _save_tokenizer(tokenizer, out, processor_class=processor_class)
+    if save_processor is not None:
+        save_processor(out, sizes)
+        _write_json(out / "vs_vllm_tiny_model.json", {"arch": arch, "seed": seed, "sizes": to_jsonable(asdict(sizes))})
+        return
     # Qwen2-VL and Qwen2.5-VL share the image processor (14px patches, 2x2 merge, 2-frame temporal patches).
     _write_json(
         out / "preprocessor_config.json",
@@ -328,6 +340,134 @@ def _build_qwen2(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     _save_tokenizer(tokenizer, out, processor_class=None)
     _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2", "seed": seed, "sizes": to_jsonable(asdict(sizes))})
+
+
+_QWEN3_VL_PIXEL_DEFAULTS = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}  # 16-px patches, 2x2 merge
+
+
+def _qwen3_vl_config(arch: str, overrides: Mapping[str, Any]):
+    """(sizes, config, tokenizer, ids) of a Qwen3-VL (dense or MoE) checkpoint."""
+    sizes = _resolve_sizes({**_QWEN3_VL_PIXEL_DEFAULTS, **overrides})
+    head_dim = sizes.text_hidden // sizes.text_heads
+    if sum(sizes.mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {sizes.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    levels = tuple(sizes.deepstack_visual_indexes)
+    if not levels or max(levels) >= sizes.vision_depth or len(levels) > sizes.text_layers:
+        raise ValueError(f"deepstack_visual_indexes {levels} must name vision blocks (< vision_depth "
+                         f"{sizes.vision_depth}), at most one per LLM layer ({sizes.text_layers})")
+    side = int(round(sizes.num_position_embeddings ** 0.5))
+    if side * side != sizes.num_position_embeddings:
+        raise ValueError(f"num_position_embeddings ({sizes.num_position_embeddings}) must be a square")
+    tokenizer, ids = _qwen_vl_tokenizer()
+    text_config = dict(
+        _qwen2_text_config(sizes, _padded_vocab(tokenizer)),
+        head_dim=head_dim,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": list(sizes.mrope_section),
+                         "mrope_interleaved": True},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    if arch == "qwen3_vl_moe":
+        text_config.update(num_experts=sizes.num_experts, num_experts_per_tok=sizes.num_experts_per_tok,
+                           moe_intermediate_size=sizes.moe_intermediate, decoder_sparse_step=1, mlp_only_layers=[],
+                           norm_topk_prob=True)  # transformers always renormalises the top-k weights; vLLM reads it
+    vision_config = dict(
+        depth=sizes.vision_depth,
+        hidden_size=sizes.vision_hidden,
+        hidden_act="gelu_pytorch_tanh",
+        intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads,
+        in_channels=3,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=sizes.text_hidden,
+        num_position_embeddings=sizes.num_position_embeddings,
+        deepstack_visual_indexes=list(levels),
+        initializer_range=sizes.initializer_range,
+    )
+    if arch == "qwen3_vl_moe":
+        from transformers import Qwen3VLMoeConfig as config_cls
+    else:
+        from transformers import Qwen3VLConfig as config_cls
+    config = config_cls(text_config=text_config, vision_config=vision_config, **_qwen_vl_config_kwargs(ids, sizes))
+    if arch == "qwen3_vl_moe":
+        config.text_config.norm_topk_prob = True
+    return sizes, config, tokenizer, ids
+
+
+def _save_qwen3_vl_processor(out: Path, sizes: QwenVLSizes) -> None:
+    """Qwen3-VL's processor files: the Qwen2-VL image processor with 16-px patches and the Qwen3-VL video processor."""
+    common = {
+        "processor_class": "Qwen3VLProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "rescale_factor": 1 / 255,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+    _write_json(out / "preprocessor_config.json", {
+        **common, "image_processor_type": "Qwen2VLImageProcessorFast", "resample": 3,
+        "size": {"shortest_edge": sizes.min_pixels, "longest_edge": sizes.max_pixels},
+    })
+    _write_json(out / "video_preprocessor_config.json", {
+        **common, "video_processor_type": "Qwen3VLVideoProcessor", "fps": 2, "min_frames": 4, "max_frames": 16,
+        "do_sample_frames": True, "size": {"shortest_edge": sizes.min_pixels, "longest_edge": 16 * sizes.max_pixels},
+    })
+
+
+def _build_qwen3_vl_family(out: Path, seed: int, overrides: Mapping[str, Any], arch: str) -> None:
+    if arch == "qwen3_vl_moe":
+        from transformers import Qwen3VLMoeForConditionalGeneration as model_cls
+    else:
+        from transformers import Qwen3VLForConditionalGeneration as model_cls
+    sizes, config, tokenizer, ids = _qwen3_vl_config(arch, overrides)
+    if arch == "qwen3_vl_moe" and 2 * sizes.moe_intermediate == sizes.text_hidden:
+        raise ValueError("qwen3_vl_moe needs 2 * moe_intermediate != text_hidden: transformers tells the released "
+                         "expert layout from its own by shape alone")
+    _save_qwen_vl(out, arch=arch, seed=seed, sizes=sizes, config=config, model_cls=model_cls, tokenizer=tokenizer,
+                  ids=ids, processor_class="Qwen3VLProcessor", save_processor=_save_qwen3_vl_processor)
+    if arch == "qwen3_vl_moe":
+        _write_released_moe_layout(out / "model.safetensors")
+
+
+def _write_released_moe_layout(path: Path) -> None:
+    """Store the fused expert weights as the released Qwen3-VL-MoE checkpoints do.
+
+    transformers 5 keeps ``experts.gate_up_proj`` as [E, 2I, H] and ``experts.down_proj`` as [E, H, I] in memory and
+    saves them that way; the released checkpoints (and vLLM's loader, ``is_fused_checkpoint_transposed``) have
+    [E, H, 2I] and [E, I, H]. transformers transposes on load only when the shape differs from its own, hence
+    2I != H.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    for name in list(tensors):
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            tensors[name] = tensors[name].transpose(1, 2).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@_register("qwen3_vl")
+def _build_qwen3_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    """Qwen3-VL (dense): Qwen3 LLM (q/k norms, explicit head_dim, interleaved M-RoPE), vision tower with 16-px
+    patches, a learned position-embedding table and DeepStack mergers after ``deepstack_visual_indexes``."""
+    _build_qwen3_vl_family(out, seed, overrides, "qwen3_vl")
+
+
+@_register("qwen3_vl_moe")
+def _build_qwen3_vl_moe(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    """Qwen3-VL-MoE: qwen3_vl with a sparse MoE MLP in every LLM layer (``num_experts``, top ``num_experts_per_tok``)."""
+    _build_qwen3_vl_family(out, seed, overrides, "qwen3_vl_moe")
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,9 +1,15 @@
-"""One training forward of a frozen transformers Qwen2-VL / Qwen2.5-VL with a soft-masked visual input.
+"""One training forward of a frozen transformers Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE with a soft-masked
+visual input.
 
     merger output X_i per image (no grad)  ->  scores (scorer, fp32, detached input)  ->  soft top-K mask p
     ->  p * X scattered into inputs_embeds at the <|image_pad|> slots (full length: nothing is dropped)
     ->  LLM with the UNMODIFIED M-RoPE positions (get_rope_index on the original ids and grids)
     ->  CE on the answer tokens (logits only at labelled positions, fp32)  +  lambda * BCE(p, hard top-K)
+
+DeepStack models (Qwen3-VL and its MoE variant) also add one [N, D] feature per level to the hidden states of the
+image slots after the first decoder layers. Inference drops a token at every layer at once, so the soft mask scales
+each token's whole row: the main feature and every DeepStack level by the same p. The scorer still reads the main
+features only.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _has_deepstack(model: Any) -> bool:
+    from vs_vllm.hf.qwen_vl import DEEPSTACK_MODEL_TYPES
+
+    return getattr(model.config, "model_type", None) in DEEPSTACK_MODEL_TYPES
+
+
 def training_forward(
     model: Any,
     scorer: torch.nn.Module,
@@ -46,9 +58,10 @@ def training_forward(
 ) -> StepOutput:
     """Loss of one micro-batch (the output of :func:`~vs_vllm.training.data.collate_batch`, on the model's device).
 
-    ``model`` is a ``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration`` whose parameters
-    are all frozen; ``scorer`` is the (possibly DDP-wrapped) :class:`~vs_vllm.selection.scorer.TransformerScorer`. ``autocast_dtype`` (bf16) applies to
-    the frozen model only; the scorer, the soft top-K and both losses are fp32.
+    ``model`` is a ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL`` or ``Qwen3VLMoe`` ``ForConditionalGeneration`` whose
+    parameters are all frozen; ``scorer`` is the (possibly DDP-wrapped)
+    :class:`~vs_vllm.selection.scorer.TransformerScorer`. ``autocast_dtype`` (bf16) applies to the frozen model only;
+    the scorer, the soft top-K and both losses are fp32.
     """
     inner = model.model
     ids = batch["input_ids"]
@@ -64,12 +77,16 @@ def training_forward(
             ids, mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=grid, attention_mask=attn
         )
         feats = None
+        deepstack_levels: list[torch.Tensor] = []  # per level [sum N_i, D], same row order as the main features
         if grid is not None:
             with amp:
                 out = inner.get_image_features(batch["pixel_values"], grid, return_dict=True)
             feats = list(out.pooler_output)
+            if _has_deepstack(model):
+                deepstack_levels = [torch.cat(list(level)) for level in out.deepstack_features]
 
     stats: dict[str, float] = {}
+    lm_visual_kwargs: dict[str, Any] = {}
     if feats:
         sizes = [int(f.shape[0]) for f in feats]
         x = torch.cat(feats)
@@ -80,6 +97,12 @@ def training_forward(
         sel = soft_select(scorer, x, sizes, batch["images_per_sample"], ratio, scope)
         scaled = (x.float() * sel.mask[:, None]).to(embeds.dtype)
         embeds = embeds.masked_scatter(image_mask[..., None], scaled)
+        if deepstack_levels:
+            lm_visual_kwargs = {
+                "visual_pos_masks": image_mask,
+                "deepstack_visual_embeds": [(lvl.float() * sel.mask[:, None]).to(embeds.dtype)
+                                            for lvl in deepstack_levels],
+            }
         bce = sel.bce
         stats.update(sel.stats())
         stats["visual_tokens"] = float(x.shape[0])
@@ -92,7 +115,7 @@ def training_forward(
 
     with amp:
         hidden = inner.language_model(
-            inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False
+            inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids, use_cache=False, **lm_visual_kwargs
         ).last_hidden_state
     # Next-token targets; logits only where there is a label (the full [B, L, V] logits would dwarf everything else).
     targets = labels[:, 1:]

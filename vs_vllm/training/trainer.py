@@ -1,4 +1,5 @@
-"""Train the VisionSelector scorer on a frozen Qwen2.5-VL (transformers), single process or multi-GPU via accelerate.
+"""Train the VisionSelector scorer on a frozen Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE (transformers; the
+model types in ``vs_vllm.hf.qwen_vl.MODEL_TYPES``), single process or multi-GPU via accelerate.
 
 Only the scorer's four tensors train (AdamW, cosine schedule with linear warm-up, gradient clipping, gradient
 accumulation); every parameter of the model is frozen and asserted to be. ``accelerate launch -m vs_vllm train ...``
@@ -56,7 +57,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class TrainConfig:
     """Everything a training run needs. Defaults follow the reference Qwen2.5-VL recipe where it has one."""
 
-    model: str  # local directory (or hub id) of a Qwen2.5-VL checkpoint
+    model: str  # local directory (or hub id) of a checkpoint whose model_type is in vs_vllm.hf.qwen_vl.MODEL_TYPES
     data: str  # .json (list of records) or .jsonl
     output_dir: str
     image_root: str | None = None  # default: the data file's directory

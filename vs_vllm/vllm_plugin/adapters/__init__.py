@@ -15,6 +15,9 @@ ADAPTERS: dict[str, str] = {
     "Qwen2VLForConditionalGeneration": "vs_vllm.vllm_plugin.adapters.qwen2_vl:VsQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration":
         "vs_vllm.vllm_plugin.adapters.qwen2_5_vl:VsQwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "vs_vllm.vllm_plugin.adapters.qwen3_vl:VsQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration":
+        "vs_vllm.vllm_plugin.adapters.qwen3_vl:VsQwen3VLMoeForConditionalGeneration",
 }
 
 

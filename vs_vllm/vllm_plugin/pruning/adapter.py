@@ -107,8 +107,12 @@ class ArchitectureAdapter:
 
     # ---- positions -------------------------------------------------------------------------------------------------
 
-    def media_spans(self, model: Any, mm_features: Sequence[Any]) -> list[MediaSpan]:
-        """The prompt's media spans (offset, placeholder count, LLM grid, temporal factor), in prompt order."""
+    def media_spans(self, model: Any, input_tokens: Sequence[int], mm_features: Sequence[Any]) -> list[MediaSpan]:
+        """The prompt's media spans (offset, placeholder count, LLM grid, temporal factor), in prompt order.
+
+        Default: one contiguous run per item (Qwen2-VL family; videos carry their temporal factor). An architecture
+        whose items are split by text (Qwen3-VL's per-frame timestamps) overrides this.
+        """
         lengths = {int(f.mm_position.offset): int(f.mm_position.length) for f in mm_features}
         return [
             MediaSpan(offset=offset, length=lengths[offset], grid=(t, h, w), t_factor=float(t_factor))

@@ -161,7 +161,7 @@ class PruningModelMixin:
     # ---- positions -------------------------------------------------------------------------------------------------
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
-        spans = self.vs_adapter.media_spans(self, mm_features)
+        spans = self.vs_adapter.media_spans(self, input_tokens, mm_features)
         return self.vs_positions.prompt_positions(len(input_tokens), spans)
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
