@@ -44,7 +44,7 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    server = VLLMServer(tiny_model_dir, tiny_serve_args(max_images=4), log_path=log)
+    server = VLLMServer(tiny_model_dir, tiny_serve_args(max_images=4, max_videos=2), log_path=log)
     server.start()
     try:
         yield server
@@ -84,7 +84,7 @@ def start_plugin_server(tmp_path_factory: pytest.TempPathFactory):
     started = []
 
     def start(model_dir: Path, *, scorer: Path | None, extra_args=()):
-        args = [*tiny_serve_args(max_images=4), *extra_args]
+        args = [*tiny_serve_args(max_images=4, max_videos=2), *extra_args]
         if scorer is not None:
             args = ["--scorer", str(scorer), *args]
         server = VLLMServer(
@@ -153,7 +153,7 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
         if current.get("arch") != arch:
             stop_current()
             model_dir = tiny_arch_dir(arch)
-            stock = VLLMServer(model_dir, tiny_serve_args(max_images=4),
+            stock = VLLMServer(model_dir, tiny_serve_args(max_images=4, max_videos=2),
                                log_path=tmp_path_factory.mktemp(f"vllm-server-{arch}") / "server.log")
             stock.start()
             current["servers"] = [stock]

@@ -15,7 +15,7 @@ from vs_vllm.selection.methods import get_method, list_methods, register_method,
 from vs_vllm.selection.scorer import TransformerScorer, importance_scores
 from vs_vllm.selection.topk import select_topk
 
-EXPECTED_METHODS = {"visionselector", "random", "uniform", "norm", "divprune", "dart"}
+EXPECTED_METHODS = {"visionselector", "random", "uniform", "norm", "divprune", "dart", "temporal"}
 GRIDS = [(1, 1, 1), (1, 1, 13), (1, 13, 1), (1, 3, 5), (1, 7, 9), (2, 3, 3), (3, 5, 7), (4, 2, 3)]
 
 

@@ -110,6 +110,7 @@ def test_top_level_fields_move_into_mm_processor_kwargs() -> None:
         "selection_method": "uniform",
         "selection_seed": 7,
         "selection_lambda": 0,
+        "video_retention_ratio": 1,
         "temperature": 0.0,
     }
     resp = post(app, CHAT, json.dumps(body))
@@ -120,7 +121,7 @@ def test_top_level_fields_move_into_mm_processor_kwargs() -> None:
         "messages": [{"role": "user", "content": "hi ü"}],
         "temperature": 0.0,
         "mm_processor_kwargs": {"retention_ratio": 0.25, "selection_method": "uniform", "selection_seed": 7,
-                                "selection_lambda": 0.0},
+                                "selection_lambda": 0.0, "video_retention_ratio": 1.0},
     }
     # The app saw a content-length that matches the rewritten body.
     assert resp.json()["content_length"] == str(len(app.received))
@@ -140,6 +141,16 @@ def test_options_inside_mm_processor_kwargs_are_kept_and_normalised() -> None:
     # int 1 -> float 1.0 (one cache key per ratio), a null seed means "no seed" and is dropped.
     assert received_json(app) == {"model": "m", "mm_processor_kwargs": {"retention_ratio": 1.0}}
     assert b'"retention_ratio":1.0' in app.received
+
+
+@pytest.mark.parametrize("where", ["top", "mm"])
+def test_video_retention_ratio_alone_reaches_the_processor(where: str) -> None:
+    app = FakeApp()
+    body = {"model": "m", "video_retention_ratio": 0.125}
+    if where == "mm":
+        body = {"model": "m", "mm_processor_kwargs": {"video_retention_ratio": 0.125}}
+    assert post(app, CHAT, json.dumps(body)).status_code == 200
+    assert received_json(app) == {"model": "m", "mm_processor_kwargs": {"video_retention_ratio": 0.125}}
 
 
 def test_same_value_in_both_places_is_accepted() -> None:
@@ -273,6 +284,15 @@ BAD_VALUES = [
     ("selection_lambda", "false"),
     ("selection_lambda", "null"),
     ("selection_lambda", "[0.5]"),
+    ("video_retention_ratio", "0"),
+    ("video_retention_ratio", "-0.5"),
+    ("video_retention_ratio", "1.01"),
+    ("video_retention_ratio", "NaN"),
+    ("video_retention_ratio", "-Infinity"),
+    ("video_retention_ratio", '"0.5"'),
+    ("video_retention_ratio", "false"),
+    ("video_retention_ratio", "null"),
+    ("video_retention_ratio", "{}"),
 ]
 
 
@@ -322,6 +342,7 @@ def test_media_io_kwargs_is_refused() -> None:
         ({"selection_method": "uniform"}, {"selection_method": "random"}, "selection_method"),
         ({"selection_seed": 1}, {"selection_seed": 2}, "selection_seed"),
         ({"selection_seed": None}, {"selection_seed": 2}, "selection_seed"),
+        ({"video_retention_ratio": 0.2}, {"video_retention_ratio": 0.25}, "video_retention_ratio"),
     ],
 )
 def test_conflicting_duplicates_are_400(top: dict, inner: dict, field: str) -> None:
@@ -336,7 +357,8 @@ def test_conflicting_duplicates_are_400(top: dict, inner: dict, field: str) -> N
 def test_other_paths_are_not_rewritten() -> None:
     for path in ("/tokenize", "/v1/chat/completions/render", "/v1/chat/completions/", "/v1/embeddings"):
         app = FakeApp()
-        raw = '{"model": "m", "retention_ratio": 0.5, "mm_processor_kwargs": {"selection_method": "uniform"}}'
+        raw = ('{"model": "m", "retention_ratio": 0.5, '
+               '"mm_processor_kwargs": {"selection_method": "uniform", "video_retention_ratio": 0.5}}')
         resp = post(app, path, raw)
         assert resp.status_code == 200
         assert app.received == raw.encode(), path
@@ -348,6 +370,7 @@ def test_other_paths_still_enforce_the_allowlist(path: str) -> None:
     app = FakeApp()
     assert_error(post(app, path, '{"mm_processor_kwargs": {"max_pixels": 99999999}}'), "mm_processor_kwargs.max_pixels")
     assert_error(post(app, path, '{"mm_processor_kwargs": {"retention_ratio": 7}}'), "retention_ratio")
+    assert_error(post(app, path, '{"mm_processor_kwargs": {"video_retention_ratio": 0}}'), "video_retention_ratio")
     assert_error(post(app, path, '{"media_io_kwargs": {"image": {"x": 1}}}'), "media_io_kwargs")
     assert app.calls == 0
 

@@ -24,7 +24,8 @@ def _no_exec(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Never replace the test process; record what would have been exec'd."""
     calls: list[tuple] = []
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: calls.append((file, list(args), dict(env))))
-    for name in ("VS_VLLM_ENABLE", "VS_VLLM_RETENTION_RATIO", "VS_VLLM_SELECTION_METHOD", "VS_VLLM_SCORER"):
+    for name in ("VS_VLLM_ENABLE", "VS_VLLM_RETENTION_RATIO", "VS_VLLM_VIDEO_RETENTION_RATIO", "VS_VLLM_SELECTION_METHOD",
+                 "VS_VLLM_SCORER"):
         monkeypatch.delenv(name, raising=False)
     return calls
 
@@ -95,9 +96,14 @@ def test_scorer_becomes_an_absolute_path(tmp_path: Path, monkeypatch: pytest.Mon
         (["M", "--retention-ratio", "nan"], {}, "--retention-ratio"),
         (["M", "--retention-ratio", "abc"], {}, "--retention-ratio"),
         (["M", "--selection-method", "nope"], {}, "--selection-method"),
+        (["M", "--video-retention-ratio", "0"], {}, "--video-retention-ratio"),
+        (["M", "--video-retention-ratio", "1.01"], {}, "--video-retention-ratio"),
+        (["M", "--video-retention-ratio", "inf"], {}, "--video-retention-ratio"),
+        (["M", "--video-retention-ratio", "half"], {}, "--video-retention-ratio"),
         (["M", "--scorer", "/no/such/scorer.safetensors"], {}, "--scorer"),
         (["M"], {"VS_VLLM_RETENTION_RATIO": "2"}, "VS_VLLM_RETENTION_RATIO"),
         (["M"], {"VS_VLLM_SELECTION_METHOD": "nope"}, "VS_VLLM_SELECTION_METHOD"),
+        (["M"], {"VS_VLLM_VIDEO_RETENTION_RATIO": "-1"}, "VS_VLLM_VIDEO_RETENTION_RATIO"),
         (["M"], {"VS_VLLM_SCORER": "/no/such/file"}, "VS_VLLM_SCORER"),
     ],
 )
@@ -218,3 +224,23 @@ def test_selection_lambda_default_is_validated_and_exported() -> None:
             serve.build_serve_command(["/models/x", "--selection-lambda", bad], environ={})
     with pytest.raises(serve.ServeError, match="VS_VLLM_SELECTION_LAMBDA"):
         serve.build_serve_command(["/models/x"], environ={"VS_VLLM_SELECTION_LAMBDA": "2"})
+
+
+def test_video_retention_ratio_default_is_validated_and_exported(capsys: pytest.CaptureFixture[str]) -> None:
+    cmd, env = serve.build_serve_command(["/models/x", "--video-retention-ratio", "0.2", "--max-model-len", "64"],
+                                         environ={})
+    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_VIDEO_RETENTION_RATIO": "0.2"}
+    assert after_serve(cmd) == ["/models/x", "--max-model-len", "64", *OURS]
+    _, env = serve.build_serve_command(["/models/x", "--video-retention-ratio=1"], environ={})
+    assert env["VS_VLLM_VIDEO_RETENTION_RATIO"] == "1.0"
+    assert "VS_VLLM_VIDEO_RETENTION_RATIO=0.2 " in serve.format_command(
+        *serve.build_serve_command(["/models/x", "--video-retention-ratio", "0.2"], environ={})
+    )
+    assert serve.main(["/models/x", "--video-retention-ratio", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vs-vllm serve: error: --video-retention-ratio 2: ") and err.count("\n") == 1
+
+
+def test_video_retention_ratio_is_in_the_serve_parsers_help() -> None:
+    text = serve.build_parser().format_help()
+    assert "--video-retention-ratio" in text and "VS_VLLM_VIDEO_RETENTION_RATIO" in text

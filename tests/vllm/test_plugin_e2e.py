@@ -247,6 +247,12 @@ BAD_INPUTS = [
     ({"mm_processor_kwargs": {"selection_lambda": -1}}, "selection_lambda"),
     ({"mm_processor_kwargs": {"max_pixels": 1000000}}, "max_pixels"),
     ({"mm_processor_kwargs": {"retention_ratio": 2}}, "retention_ratio"),
+    ({"video_retention_ratio": 0}, "video_retention_ratio"),
+    ({"video_retention_ratio": 1.5}, "video_retention_ratio"),
+    ({"video_retention_ratio": "0.5"}, "video_retention_ratio"),
+    ({"video_retention_ratio": True}, "video_retention_ratio"),
+    ({"video_retention_ratio": None}, "video_retention_ratio"),
+    ({"mm_processor_kwargs": {"video_retention_ratio": -0.2}}, "video_retention_ratio"),
 ]
 
 

@@ -15,12 +15,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from transformers import Qwen3VLConfig  # noqa: E402
-from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration  # noqa: E402
+from transformers import Qwen3VLConfig
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
-from vs_vllm.selection.position_schemes import get_position_scheme  # noqa: E402
-from vs_vllm.vllm_plugin.adapters.qwen3_vl import ADAPTER, token_runs  # noqa: E402
-from vs_vllm.vllm_plugin.pruning.model import PruningModelMixin  # noqa: E402
+from vs_vllm.selection.position_schemes import get_position_scheme
+from vs_vllm.vllm_plugin.adapters.qwen3_vl import ADAPTER, token_runs
+from vs_vllm.vllm_plugin.pruning.model import PruningModelMixin
 
 CONFIG = Qwen3VLConfig(vision_config={"spatial_merge_size": 2})
 IMAGE, VIDEO = CONFIG.image_token_id, CONFIG.video_token_id

@@ -23,7 +23,11 @@ This is the oracle the vLLM plugin is tested against, written to be obviously ri
 
 Ratio 1.0 skips selection entirely and is token-identical to ``model.generate``. Selection is per image (each image
 has its own mean key and K_i), as a serving engine needs; the original pools one top-K over all images of a call.
-Batch size 1, images only (videos raise).
+Batch size 1. Videos (Qwen2-VL, Qwen2.5-VL) are pruned like images, one contiguous run each, with the temporal
+index scaled by seconds-per-patch x ``tokens_per_second`` as vLLM does; the text after a video continues one past the
+largest position the unpruned video used (vLLM and the original Qwen2.5-VL code; transformers 5.19's
+``get_rope_index`` advances by max(h, w) only, which differs when the temporal extent is larger). Qwen3-VL videos
+raise.
 """
 
 from __future__ import annotations
@@ -36,14 +40,16 @@ import torch
 from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
-from vs_vllm.selection.positions import mrope_positions
+from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans
 
-__all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
+__all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PER_FRAME_VIDEO_MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
 
 #: transformers ``model_type`` values this reference (and ``vs-vllm train``, which shares its forward) supports.
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 #: The subset whose vision tower feeds DeepStack levels into the first decoder layers of the language model.
 DEEPSTACK_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+#: The subset whose videos are one run of tokens per frame, with timestamp text between frames.
+PER_FRAME_VIDEO_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 
 
 @dataclass
@@ -125,6 +131,22 @@ class QwenVLSelector:
         """Merger outputs per image, [N_i, D] each, in raster order (the main features only)."""
         return self.vision_features(pixel_values, image_grid_thw).main
 
+    def _video_features(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        grid_thw = inputs["video_grid_thw"]
+        out = self.model.model.get_video_features(
+            inputs["pixel_values_videos"].to(self.device), grid_thw.to(self.device), return_dict=True
+        )
+        return list(out.pooler_output)
+
+    def _video_t_factors(self, inputs: Mapping[str, torch.Tensor], count: int) -> list[float]:
+        """Per video: seconds per temporal patch x ``tokens_per_second`` (Qwen2.5-VL), 1 without that field — the
+        factor vLLM's ``iter_mm_grid_thw`` and the plugin use."""
+        seconds = inputs.get("second_per_grid_ts")
+        if seconds is None:
+            return [1.0] * count
+        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
+        return [float(v) * tokens_per_second for v in torch.as_tensor(seconds).flatten().tolist()]
+
     @torch.no_grad()
     def prepare(
         self,
@@ -133,60 +155,99 @@ class QwenVLSelector:
         method: str = "visionselector",
         seed: int | None = None,
         selection_lambda: float = DEFAULT_LAMBDA,
+        video_ratio: float | None = None,
     ) -> PrunedPrompt:
-        """Select, prune and position one processed prompt (the processor's output for batch size 1)."""
+        """Select, prune and position one processed prompt (the processor's output for batch size 1).
+
+        ``ratio`` applies to every image and video; ``video_ratio`` (when given) overrides it for videos, as the
+        request option ``video_retention_ratio`` does.
+        """
         ratio = validate_ratio(ratio)
-        if inputs.get("pixel_values_videos") is not None:
-            raise NotImplementedError("the HF reference prunes images only; videos are not supported")
+        video_ratio = ratio if video_ratio is None else validate_ratio(video_ratio, name="video_ratio")
         input_ids = inputs["input_ids"].to(self.device)
         if input_ids.shape[0] != 1:
             raise ValueError(f"batch size 1 only, got {input_ids.shape[0]}")
         ids = input_ids[0]
         embeds = self.model.get_input_embeddings()(ids)  # [L, D]
 
-        grid_thw = inputs.get("image_grid_thw")
-        grids = self.llm_grids(grid_thw) if grid_thw is not None else []
+        # Media items per modality, in the order the processor lists them.
+        items: dict[str, list[tuple[torch.Tensor, tuple[int, int, int], float]]] = {"image": [], "video": []}
+        deepstack_levels: list[list[torch.Tensor]] = []
+        if inputs.get("image_grid_thw") is not None:
+            vision = self.vision_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            grids = self.llm_grids(inputs["image_grid_thw"])
+            items["image"] = [(f, g, 1.0) for f, g in zip(vision.main, grids)]
+            deepstack_levels = vision.deepstack
+        if inputs.get("video_grid_thw") is not None:
+            if self.config.model_type in PER_FRAME_VIDEO_MODEL_TYPES:
+                # Their videos are per-frame runs between timestamp text; the plugin serves them unpruned.
+                raise NotImplementedError(f"the HF reference does not prune {self.config.model_type} videos")
+            grids = self.llm_grids(inputs["video_grid_thw"])
+            factors = self._video_t_factors(inputs, len(grids))
+            items["video"] = list(zip(self._video_features(inputs), grids, factors))
+
+        # Each item is one contiguous run of its modality's token, matched in order.
+        token_of = {"image": self.image_token_id, "video": int(self.config.video_token_id)}
+        placed = []  # (offset, modality, index within its modality)
+        for modality, token in token_of.items():
+            runs = _token_runs(ids.tolist(), token)
+            if len(runs) != len(items[modality]):
+                raise ValueError(f"prompt has {len(runs)} {modality} runs but the processor gave "
+                                 f"{len(items[modality])} {modality}s")
+            for i, (offset, length) in enumerate(runs):
+                if length != items[modality][i][0].shape[0]:
+                    raise ValueError(f"{modality} {i}: {length} placeholders for {items[modality][i][0].shape[0]} "
+                                     "features")
+                placed.append((offset, modality, i))
+        placed.sort()
+
+        keep_mask = torch.ones_like(ids, dtype=torch.bool)
+        embeds = embeds.clone()
         kept: list[torch.Tensor] = []
+        kept_images: list[torch.Tensor] = []
+        spans_before: list[tuple[int, int, tuple[int, int, int], float]] = []  # (offset, K, grid, t_factor)
+        for offset, modality, i in placed:
+            feat, grid, t_factor = items[modality][i]
+            n = feat.shape[0]
+            k = keep_count(n, ratio if modality == "image" else video_ratio)
+            if k == n:
+                idx = torch.arange(n, device=feat.device)
+            else:
+                idx = select(method, feat, grid, k, scorer=self.scorer, seed=seed, selection_lambda=selection_lambda)
+            keep_mask[offset : offset + n] = False
+            keep_mask[offset + idx] = True
+            embeds[offset + idx] = feat[idx].to(embeds.dtype)
+            kept.append(idx)
+            if modality == "image":
+                kept_images.append(idx)
+            spans_before.append((offset, k, grid, t_factor))
+        new_index = torch.cumsum(keep_mask.long(), 0) - 1  # index in the pruned prompt of every kept token
+        ids = ids[keep_mask]
+        embeds = embeds[keep_mask]
+        # A pruned run starts where its first kept token landed (K >= 1 always).
+        spans = [
+            MediaSpan(offset=int(new_index[offset + int(idx[0])]), length=k, grid=grid, t_factor=t_factor,
+                      kept=idx.cpu())
+            for (offset, k, grid, t_factor), idx in zip(spans_before, kept)
+        ]
+
         deepstack_embeds: list[torch.Tensor] | None = None
         visual_pos_mask: torch.Tensor | None = None
-        if grids:
-            vision = self.vision_features(inputs["pixel_values"], grid_thw)
-            features = vision.main
-            for feat, grid in zip(features, grids):
-                k = keep_count(feat.shape[0], ratio)
-                if k == feat.shape[0]:
-                    kept.append(torch.arange(k, device=feat.device))
-                else:
-                    kept.append(select(method, feat, grid, k, scorer=self.scorer, seed=seed,
-                                       selection_lambda=selection_lambda))
-            is_image = ids == self.image_token_id
-            keep_mask = ~is_image
-            image_slots = is_image.nonzero().flatten()
-            offsets = [0]
-            for feat in features:
-                offsets.append(offsets[-1] + feat.shape[0])
-            kept_slots = torch.cat([image_slots[offsets[i] + idx] for i, idx in enumerate(kept)])
-            keep_mask[kept_slots] = True
-            embeds = embeds.clone()
-            embeds[kept_slots] = torch.cat([f[idx] for f, idx in zip(features, kept)]).to(embeds.dtype)
-            ids = ids[keep_mask]
-            embeds = embeds[keep_mask]
-            if self.has_deepstack:
-                # Same indices as the main features, image by image, so level l's row j belongs to the j-th kept slot.
-                deepstack_embeds = [
-                    torch.cat([f[idx] for f, idx in zip(level, kept)]).to(embeds.dtype) for level in vision.deepstack
-                ]
-                visual_pos_mask = (ids == self.image_token_id)[None]
+        if self.has_deepstack and kept_images:
+            # Same indices as the main features, image by image, so level l's row j belongs to the j-th kept slot.
+            deepstack_embeds = [
+                torch.cat([f[idx] for f, idx in zip(level, kept_images)]).to(embeds.dtype) for level in deepstack_levels
+            ]
+            visual_pos_mask = (ids == self.image_token_id)[None]
 
-        positions, delta = mrope_positions(ids.cpu(), self.image_token_id, grids, kept=[k.cpu() for k in kept])
-        visual_total = sum(t * h * w for t, h, w in grids)
+        positions, delta = mrope_positions_for_spans(int(ids.shape[0]), spans)
         return PrunedPrompt(
             input_ids=ids[None],
             inputs_embeds=embeds[None],
             position_ids=positions[:, None, :].to(self.device),
             rope_delta=delta,
             kept=kept,
-            visual_total=visual_total,
+            visual_total=sum(item[0].shape[0] for group in items.values() for item in group),
             visual_kept=sum(int(k.numel()) for k in kept),
             deepstack_embeds=deepstack_embeds,
             visual_pos_mask=visual_pos_mask,
@@ -202,11 +263,13 @@ class QwenVLSelector:
         seed: int | None = None,
         eos_token_ids: Sequence[int] = (),
         selection_lambda: float = DEFAULT_LAMBDA,
+        video_ratio: float | None = None,
     ) -> tuple[list[int], PrunedPrompt]:
         """Greedy decoding on the pruned prompt. Returns the generated ids and the pruned prompt."""
         from transformers import DynamicCache
 
-        prompt = self.prepare(inputs, ratio=ratio, method=method, seed=seed, selection_lambda=selection_lambda)
+        prompt = self.prepare(inputs, ratio=ratio, method=method, seed=seed, selection_lambda=selection_lambda,
+                              video_ratio=video_ratio)
         lm = self.model.model.language_model
         cache = DynamicCache(config=self.config.get_text_config())
         out = lm(**prompt.prefill_kwargs(), past_key_values=cache, use_cache=True)
@@ -223,3 +286,19 @@ class QwenVLSelector:
             # No DeepStack inputs here: a generated token is text, and DeepStack only adds to image slots.
             out = lm(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
         return generated, prompt
+
+
+def _token_runs(ids: Sequence[int], token: int) -> list[tuple[int, int]]:
+    """(offset, length) of each maximal run of ``token``."""
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] != token:
+            i += 1
+            continue
+        j = i
+        while j < n and ids[j] == token:
+            j += 1
+        runs.append((i, j - i))
+        i = j
+    return runs

@@ -322,6 +322,34 @@ def dart(embeddings, grid, k, *, scorer=None, seed=None):
         return select_topk(keep_score, k)
 
 
+@register_method("temporal")
+def temporal(embeddings, grid, k, *, scorer=None, seed=None):
+    """Temporal redundancy as in EVS (Efficient Video Sampling, arXiv 2510.14624): keep the most novel video tokens.
+
+    A token of frame f >= 1 is as redundant as its cosine similarity to the token at the same (row, column) of frame
+    f - 1. The first frame has nothing to repeat, so all of it is kept first; the other ``k - h*w`` kept tokens are
+    those of the later frames with the lowest similarity (ties to the lowest index). This is the ranking of vLLM's
+    ``compute_retention_mask``. Unlike EVS, k is never raised to a whole frame (K_i is fixed before the model runs):
+    when ``k < h*w`` the k tokens come from the first frame alone, on ``uniform``'s even spatial lattice (tokens
+    evenly spaced in raster order would fall on a single column whenever h*w / k is a multiple of w). An image
+    (t == 1) has no previous frame: exactly ``uniform``.
+    """
+    n, (t, h, w), k = _check_inputs(embeddings, grid, k)
+    if k == n:
+        return _identity(n, embeddings.device)
+    frame_size = h * w
+    if t == 1:
+        return uniform(embeddings, (t, h, w), k)
+    if k <= frame_size:
+        return uniform(embeddings[:frame_size], (1, h, w), k)
+    with torch.no_grad():
+        frames = _unit_rows(embeddings).reshape(t, frame_size, -1)
+        # [(t - 1) * h * w] in the order of the tokens of frames 1..t-1, i.e. flat index minus frame_size.
+        similarity_to_previous = (frames[1:] * frames[:-1]).sum(dim=-1).reshape(-1)
+        novel = select_topk(-similarity_to_previous, k - frame_size) + frame_size
+        return torch.cat([_identity(frame_size, embeddings.device), novel])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The entry point engines use.
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["MediaSpan", "fill_media_positions", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans"]
+__all__ = ["MediaSpan", "fill_media_positions", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans",
+           "scaled_temporal"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ def grid_coordinates(indices: torch.Tensor, grid_thw: Sequence[int], validate: b
     if validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t * h * w):
         raise ValueError(f"indices out of range for grid {tuple(grid_thw)}: [{int(idx.min())}, {int(idx.max())}]")
     return torch.stack([idx // (h * w), (idx // w) % h, idx % w])
+
+
+def scaled_temporal(t: torch.Tensor, t_factor: float) -> torch.Tensor:
+    """Temporal M-RoPE offsets of temporal indices ``t``: ``int(t * t_factor)``, in float64 as vLLM (numpy) and
+    transformers compute it, so the three agree bit for bit. No host sync."""
+    if t_factor == 1.0:
+        return t.to(torch.long)
+    return (t.to(torch.float64) * t_factor).to(torch.long)
 
 
 def _span_extent(span: MediaSpan) -> int:
@@ -92,8 +101,7 @@ def mrope_positions_for_spans(
             if kept.numel() != span.length:
                 raise ValueError(f"media span at {span.offset}: {span.length} tokens but {kept.numel()} kept indices")
             coords = grid_coordinates(kept.cpu(), span.grid)
-            if span.t_factor != 1.0:
-                coords[0] = (coords[0].double() * span.t_factor).long()
+            coords[0] = scaled_temporal(coords[0], span.t_factor)
             out[:, span.offset : span.offset + span.length] = coords + pos
         else:
             out[:, span.offset : span.offset + span.length] = pos

@@ -17,8 +17,9 @@ def openai_client(base_url: str, *, timeout: float = 300.0, async_client: bool =
     return cls(base_url=f"{base_url}/v1", api_key="EMPTY", timeout=timeout, max_retries=0)
 
 
-def chat_messages(images: Sequence[Any], question: str) -> list[dict[str, Any]]:
-    """One user turn: the images (as data URLs) followed by the question."""
+def chat_messages(images: Sequence[Any], question: str, videos: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """One user turn: the images, then the videos (``JpegVideo``), as data URLs, followed by the question."""
     content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": to_data_url(img)}} for img in images]
+    content += [{"type": "video_url", "video_url": {"url": video.data_url()}} for video in videos]
     content.append({"type": "text", "text": question})
     return [{"role": "user", "content": content}]

@@ -176,7 +176,7 @@ def running_server(model: str | os.PathLike[str], args: Sequence[str] = (), **kw
         yield server
 
 
-def tiny_serve_args(*, max_images: int = 4, served_model_name: str = "tiny") -> list[str]:
+def tiny_serve_args(*, max_images: int = 4, max_videos: int = 0, served_model_name: str = "tiny") -> list[str]:
     """``vllm serve`` arguments that fit a tiny model on a 2-core CPU machine (eager, fp32, small KV cache)."""
     return [
         "--served-model-name", served_model_name,
@@ -185,5 +185,5 @@ def tiny_serve_args(*, max_images: int = 4, served_model_name: str = "tiny") -> 
         "--max-num-seqs", "8",
         "--enforce-eager",
         "--kv-cache-memory-bytes", str(256 * 1024 * 1024),
-        "--limit-mm-per-prompt", f'{{"image": {max_images}, "video": 0}}',
+        "--limit-mm-per-prompt", f'{{"image": {max_images}, "video": {max_videos}}}',
     ]

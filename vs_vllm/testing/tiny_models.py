@@ -69,6 +69,10 @@ class QwenVLSizes:
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 64
     initializer_range: float = 0.02
+    # Qwen2.5-VL: temporal M-RoPE positions per second of video. The released configs say 2; 25 here makes a short test
+    # video's temporal positions (index x seconds per patch x this) span more than its height and width, so tests
+    # exercise the temporal scaling and the "text after a video continues past its largest position" rule.
+    tokens_per_second: int = 25
     # Qwen3-VL only: vision blocks whose outputs feed DeepStack levels (one LLM layer each), the learned position
     # embedding table (a square grid), and the MoE LLM of qwen3_vl_moe.
     deepstack_visual_indexes: tuple[int, ...] = (0, 1)
@@ -265,7 +269,7 @@ def _build_qwen2_5_vl(out: Path, seed: int, overrides: Mapping[str, Any]) -> Non
         window_size=sizes.window_size,
         fullatt_block_indexes=list(sizes.fullatt_block_indexes),
         out_hidden_size=sizes.text_hidden,
-        tokens_per_second=2,
+        tokens_per_second=sizes.tokens_per_second,
         initializer_range=sizes.initializer_range,
     )
     config = Qwen2_5_VLConfig(
@@ -476,3 +480,117 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     return obj
+
+
+# ---- Qwen3.5 -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Qwen3_5Sizes(QwenVLSizes):
+    """Sizes of a tiny Qwen3.5 (``Qwen3_5ForConditionalGeneration``): the Qwen3-VL vision tower without DeepStack and
+    a hybrid LLM whose layers are gated-delta-net ("linear_attention") or gated full attention ("full_attention").
+
+    The full-attention layers have their own ``text_head_dim`` (not hidden / heads; q_proj is 2 * heads * head_dim
+    because of the output gate) and rotate only ``partial_rotary_factor`` of it, so ``mrope_section`` must sum to
+    ``text_head_dim * partial_rotary_factor / 2`` (vLLM asserts it in ``MRotaryEmbedding``). The defaults mirror the
+    released checkpoints' ratios: head_dim 64 (one vLLM's CPU attention supports) x 0.25 = 16 rotary dims, sections
+    [3, 3, 2] interleaved like the released [11, 11, 10] (every channel of T/H/W is reached, none past the end), and
+    three linear layers before each full one (``full_attention_interval`` 4).
+
+    ``text_kv_heads`` is the full-attention KV head count; the linear layers have ``linear_num_key_heads`` /
+    ``linear_num_value_heads`` heads of ``linear_key_head_dim`` / ``linear_value_head_dim``.
+    """
+
+    text_layers: int = 4
+    text_head_dim: int = 64
+    mrope_section: tuple[int, int, int] = (3, 3, 2)
+    partial_rotary_factor: float = 0.25
+    layer_types: tuple[str, ...] = ("linear_attention", "linear_attention", "linear_attention", "full_attention")
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 64
+    linear_value_head_dim: int = 64
+    linear_conv_kernel_dim: int = 4
+    deepstack_visual_indexes: tuple[int, ...] = ()  # Qwen3.5 has no DeepStack; kept empty so nothing reads it
+    min_pixels: int = _QWEN3_VL_PIXEL_DEFAULTS["min_pixels"]
+    max_pixels: int = _QWEN3_VL_PIXEL_DEFAULTS["max_pixels"]
+
+
+_QWEN3_5_LAYER_TYPES = ("linear_attention", "full_attention")
+
+
+def _qwen3_5_config(overrides: Mapping[str, Any]):
+    """(sizes, config, tokenizer, ids) of a tiny Qwen3.5 checkpoint."""
+    from transformers import Qwen3_5Config
+
+    unknown = set(overrides) - set(Qwen3_5Sizes.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown size fields {sorted(unknown)}; known: {sorted(Qwen3_5Sizes.__dataclass_fields__)}")
+    sizes = replace(Qwen3_5Sizes(), **overrides)
+    layer_types = tuple(sizes.layer_types)
+    if len(layer_types) != sizes.text_layers or set(layer_types) - set(_QWEN3_5_LAYER_TYPES):
+        raise ValueError(f"layer_types {layer_types} must name {sizes.text_layers} layers, each one of "
+                         f"{_QWEN3_5_LAYER_TYPES}")
+    if "full_attention" not in layer_types:
+        # vLLM sizes the hybrid KV-cache pages from the attention layers; a GDN-only stack is a different model.
+        raise ValueError("layer_types needs at least one full_attention layer")
+    rotary_dim = int(sizes.text_head_dim * sizes.partial_rotary_factor)
+    if rotary_dim % 2 or sum(sizes.mrope_section) * 2 != rotary_dim:
+        raise ValueError(f"mrope_section {sizes.mrope_section} must sum to text_head_dim * partial_rotary_factor / 2 "
+                         f"= {rotary_dim / 2}")
+    if sizes.deepstack_visual_indexes:
+        raise ValueError("Qwen3.5 has no DeepStack: deepstack_visual_indexes must be empty")
+    side = int(round(sizes.num_position_embeddings ** 0.5))
+    if side * side != sizes.num_position_embeddings:
+        raise ValueError(f"num_position_embeddings ({sizes.num_position_embeddings}) must be a square")
+    tokenizer, ids = _qwen_vl_tokenizer()
+    text_config = dict(
+        _qwen2_text_config(sizes, _padded_vocab(tokenizer)),
+        head_dim=sizes.text_head_dim,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        attention_bias=False,
+        layer_types=list(layer_types),
+        linear_num_key_heads=sizes.linear_num_key_heads,
+        linear_num_value_heads=sizes.linear_num_value_heads,
+        linear_key_head_dim=sizes.linear_key_head_dim,
+        linear_value_head_dim=sizes.linear_value_head_dim,
+        linear_conv_kernel_dim=sizes.linear_conv_kernel_dim,
+        # partial_rotary_factor lives in rope_parameters: that is where transformers' rotary init and vLLM's get_rope
+        # read it (a top-level copy is standardised into it by transformers as well).
+        rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_section": list(sizes.mrope_section),
+                         "mrope_interleaved": True, "partial_rotary_factor": sizes.partial_rotary_factor},
+        partial_rotary_factor=sizes.partial_rotary_factor,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision_config = dict(
+        depth=sizes.vision_depth,
+        hidden_size=sizes.vision_hidden,
+        hidden_act="gelu_pytorch_tanh",
+        intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads,
+        in_channels=3,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=sizes.text_hidden,
+        num_position_embeddings=sizes.num_position_embeddings,
+        initializer_range=sizes.initializer_range,
+    )
+    config = Qwen3_5Config(text_config=text_config, vision_config=vision_config, **_qwen_vl_config_kwargs(ids, sizes))
+    return sizes, config, tokenizer, ids
+
+
+@_register("qwen3_5")
+def _build_qwen3_5(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
+    """Qwen3.5 (dense): the Qwen3-VL vision tower (16-px patches, learned position table) without DeepStack, and a
+    hybrid LLM (gated delta net + gated full attention with partial, interleaved M-RoPE). Processor files are
+    Qwen3-VL's."""
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    sizes, config, tokenizer, ids = _qwen3_5_config(overrides)
+    _save_qwen_vl(out, arch="qwen3_5", seed=seed, sizes=sizes, config=config,
+                  model_cls=Qwen3_5ForConditionalGeneration, tokenizer=tokenizer, ids=ids,
+                  processor_class="Qwen3VLProcessor", save_processor=_save_qwen3_vl_processor)

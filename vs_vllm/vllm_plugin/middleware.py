@@ -5,15 +5,15 @@ vs_vllm.vllm_plugin.middleware.RetentionMiddleware`` (``vs-vllm serve`` adds bot
 outermost layer and sees the raw request.
 
 Requests: on ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` the JSON body may carry the
-options ``retention_ratio``, ``selection_method`` and ``selection_seed`` at the top level and/or inside
-``mm_processor_kwargs``. They are validated (400 with an OpenAI-style error body naming the field on a bad value),
-the top-level fields are removed, and ``mm_processor_kwargs`` is *replaced* by exactly the validated options. A body
-without any option is passed on byte for byte; a body that is not a JSON object is passed on unchanged (vLLM answers
-it).
+selection options (``OPTION_NAMES``: ``retention_ratio``, ``selection_method``, ``selection_seed``,
+``selection_lambda``, ``video_retention_ratio``) at the top level and/or inside ``mm_processor_kwargs``. They are
+validated (400 with an OpenAI-style error body naming the field on a bad value), the top-level fields are removed,
+and ``mm_processor_kwargs`` is *replaced* by exactly the validated options. A body without any option is passed on
+byte for byte; a body that is not a JSON object is passed on unchanged (vLLM answers it).
 
 Allowlist: ``--trust-request-mm-kwargs`` is needed for the options to reach the processor, but it opens every
 endpoint (render, tokenize, pooling, batch, ...) to arbitrary ``mm_processor_kwargs`` (``max_pixels``, ...) and
-``media_io_kwargs``. So on *every* JSON POST, a ``mm_processor_kwargs`` key other than the three options, a bad
+``media_io_kwargs``. So on *every* JSON POST, a ``mm_processor_kwargs`` key other than the selection options, a bad
 option value there, or a non-empty ``media_io_kwargs`` is answered with 400 (other paths are otherwise untouched).
 
 Responses (the three paths above): the downstream app runs inside

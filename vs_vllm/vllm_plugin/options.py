@@ -1,13 +1,18 @@
 """Per-request selection options: their names, defaults and validation — shared by the HTTP layer and the processor.
 
-A request chooses ``retention_ratio`` (0 < r <= 1), ``selection_method`` (a registered method) and optionally
-``selection_seed`` (for ``random``) and ``selection_lambda`` (0 <= lambda <= 1, the score/diversity trade-off of
-``visionselector_mmr``). They travel to vLLM's multimodal processor inside ``mm_processor_kwargs``, which
-vLLM hashes into every multimodal cache key, so different ratios never share cache entries. Server-wide defaults come
-from the environment that ``vs-vllm serve`` sets (and plain ``vllm serve`` users can set themselves):
+A request chooses ``retention_ratio`` (0 < r <= 1, for every image and video), ``selection_method`` (a registered
+method) and optionally ``selection_seed`` (for ``random``), ``selection_lambda`` (0 <= lambda <= 1, the
+score/diversity trade-off of ``visionselector_mmr``) and ``video_retention_ratio`` (0 < r <= 1: videos use it instead
+of ``retention_ratio``; unset, they use ``retention_ratio``; ``SelectionOptions.ratio_for(modality)`` is the rule).
+Each option left out of a request falls back to its own server default, so a request that sets only
+``retention_ratio`` still prunes videos at the server's ``video_retention_ratio`` when the server sets one. The
+options travel to vLLM's multimodal processor inside ``mm_processor_kwargs``, which vLLM hashes into every multimodal
+cache key, so different ratios never share cache entries. Server-wide defaults come from the environment that
+``vs-vllm serve`` sets (and plain ``vllm serve`` users can set themselves):
 
     VS_VLLM_ENABLE=1                   turn the plugin on (installed but not enabled = stock vLLM)
     VS_VLLM_RETENTION_RATIO=0.3        default ratio (1.0 = keep everything)
+    VS_VLLM_VIDEO_RETENTION_RATIO=0.2  default ratio for videos (unset = VS_VLLM_RETENTION_RATIO)
     VS_VLLM_SELECTION_METHOD=uniform   default method
     VS_VLLM_SELECTION_LAMBDA=0.5       default selection_lambda (visionselector_mmr)
     VS_VLLM_SCORER=/path/scorer.safetensors   scorer weights (else the checkpoint's visual.importance_scorer.*)
@@ -29,6 +34,7 @@ __all__ = [
     "ENV_METHOD",
     "ENV_RATIO",
     "ENV_SCORER",
+    "ENV_VIDEO_RATIO",
     "OPTION_NAMES",
     "OptionError",
     "SelectionOptions",
@@ -43,12 +49,14 @@ ENV_RATIO = "VS_VLLM_RETENTION_RATIO"
 ENV_METHOD = "VS_VLLM_SELECTION_METHOD"
 ENV_SCORER = "VS_VLLM_SCORER"
 ENV_LAMBDA = "VS_VLLM_SELECTION_LAMBDA"
+ENV_VIDEO_RATIO = "VS_VLLM_VIDEO_RETENTION_RATIO"
 
 RATIO = "retention_ratio"
 METHOD = "selection_method"
 SEED = "selection_seed"
 LAMBDA = "selection_lambda"
-OPTION_NAMES = (RATIO, METHOD, SEED, LAMBDA)
+VIDEO_RATIO = "video_retention_ratio"
+OPTION_NAMES = (RATIO, METHOD, SEED, LAMBDA, VIDEO_RATIO)
 
 
 class OptionError(ValueError):
@@ -65,6 +73,14 @@ class SelectionOptions:
     selection_method: str = "visionselector"
     selection_seed: int | None = None
     selection_lambda: float = DEFAULT_LAMBDA
+    video_retention_ratio: float | None = None
+
+    def ratio_for(self, modality: str) -> float:
+        """The retention ratio of one media item: ``video_retention_ratio`` for a video when set, else
+        ``retention_ratio``."""
+        if modality == "video" and self.video_retention_ratio is not None:
+            return self.video_retention_ratio
+        return self.retention_ratio
 
 
 def is_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -92,6 +108,14 @@ def _validate_seed(value: object) -> int | None:
     return int(value)
 
 
+def _validate_ratio(param: str, value: object) -> float:
+    # An explicit null is refused like any other non-number: leaving the field out is how a request says "default".
+    try:
+        return validate_ratio(value, name=param)
+    except ValueError as exc:
+        raise OptionError(param, str(exc)) from None
+
+
 def _validate_lambda(value: object) -> float:
     try:
         return validate_lambda(value, name=LAMBDA)
@@ -99,15 +123,23 @@ def _validate_lambda(value: object) -> float:
         raise OptionError(LAMBDA, str(exc)) from None
 
 
+def _env_ratio(env: Mapping[str, str], name: str) -> float | None:
+    """The ratio in environment variable ``name`` (None when unset or empty); ValueError naming the variable."""
+    text = env.get(name)
+    if not text:
+        return None
+    try:
+        return validate_ratio(float(text), name=name)
+    except ValueError as exc:
+        raise ValueError(f"{name}={text!r}: {exc}") from None
+
+
 def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
     """Server-wide defaults from the environment; a bad value raises ValueError naming the variable."""
     env = os.environ if env is None else env
-    ratio_text = env.get(ENV_RATIO)
     method = env.get(ENV_METHOD) or SelectionOptions.selection_method
-    try:
-        ratio = validate_ratio(float(ratio_text), name=ENV_RATIO) if ratio_text else 1.0
-    except ValueError as exc:
-        raise ValueError(f"{ENV_RATIO}={ratio_text!r}: {exc}") from None
+    ratio = _env_ratio(env, ENV_RATIO)
+    video_ratio = _env_ratio(env, ENV_VIDEO_RATIO)
     try:
         method = _validate_method(method)
     except OptionError as exc:
@@ -117,7 +149,12 @@ def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
         lam = validate_lambda(float(lambda_text), name=ENV_LAMBDA) if lambda_text else DEFAULT_LAMBDA
     except ValueError as exc:
         raise ValueError(f"{ENV_LAMBDA}={lambda_text!r}: {exc}") from None
-    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_lambda=lam)
+    return SelectionOptions(
+        retention_ratio=SelectionOptions.retention_ratio if ratio is None else ratio,
+        selection_method=method,
+        selection_lambda=lam,
+        video_retention_ratio=video_ratio,
+    )
 
 
 def parse_options(values: Mapping[str, object], defaults: SelectionOptions | None = None) -> SelectionOptions:
@@ -126,16 +163,20 @@ def parse_options(values: Mapping[str, object], defaults: SelectionOptions | Non
     Raises :class:`OptionError` (a ValueError) naming the offending field.
     """
     base = defaults or SelectionOptions()
-    ratio = base.retention_ratio
-    if RATIO in values:
-        try:
-            ratio = validate_ratio(values[RATIO], name=RATIO)
-        except ValueError as exc:
-            raise OptionError(RATIO, str(exc)) from None
+    ratio = _validate_ratio(RATIO, values[RATIO]) if RATIO in values else base.retention_ratio
+    video_ratio = base.video_retention_ratio
+    if VIDEO_RATIO in values:
+        video_ratio = _validate_ratio(VIDEO_RATIO, values[VIDEO_RATIO])
     method = _validate_method(values[METHOD]) if METHOD in values else base.selection_method
     seed = _validate_seed(values[SEED]) if SEED in values else base.selection_seed
     lam = _validate_lambda(values[LAMBDA]) if LAMBDA in values else base.selection_lambda
-    return SelectionOptions(retention_ratio=ratio, selection_method=method, selection_seed=seed, selection_lambda=lam)
+    return SelectionOptions(
+        retention_ratio=ratio,
+        selection_method=method,
+        selection_seed=seed,
+        selection_lambda=lam,
+        video_retention_ratio=video_ratio,
+    )
 
 
 def split_options(kwargs: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:

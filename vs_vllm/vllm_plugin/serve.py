@@ -1,10 +1,10 @@
 """``vs-vllm serve``: vLLM's own OpenAI server with the plugin enabled and the per-request middleware installed.
 
-``vs-vllm serve MODEL [--retention-ratio R] [--selection-method M] [--scorer PATH] [vllm serve args...]`` validates
-its own options, then replaces itself (``exec``) with::
+``vs-vllm serve MODEL [--retention-ratio R] [--video-retention-ratio R] [--selection-method M] [--scorer PATH]
+[vllm serve args...]`` validates its own options, then replaces itself (``exec``) with::
 
-    VS_VLLM_ENABLE=1 [VS_VLLM_RETENTION_RATIO=R] [VS_VLLM_SELECTION_METHOD=M] [VS_VLLM_SCORER=/abs/PATH] \\
-        vllm serve MODEL [vllm serve args...] --trust-request-mm-kwargs \\
+    VS_VLLM_ENABLE=1 [VS_VLLM_RETENTION_RATIO=R] [VS_VLLM_VIDEO_RETENTION_RATIO=R] [VS_VLLM_SELECTION_METHOD=M] \\
+        [VS_VLLM_SCORER=/abs/PATH] vllm serve MODEL [vllm serve args...] --trust-request-mm-kwargs \\
         --middleware vs_vllm.vllm_plugin.middleware.RetentionMiddleware
 
 Every argument it does not know goes to ``vllm serve`` verbatim and in order. ``--print-command`` prints that plain
@@ -20,7 +20,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vs_vllm.vllm_plugin.options import ENV_ENABLE, ENV_LAMBDA, ENV_METHOD, ENV_RATIO, ENV_SCORER
+from vs_vllm.vllm_plugin.options import (
+    ENV_ENABLE,
+    ENV_LAMBDA,
+    ENV_METHOD,
+    ENV_RATIO,
+    ENV_SCORER,
+    ENV_VIDEO_RATIO,
+    OPTION_NAMES,
+)
 
 __all__ = ["MIDDLEWARE", "ServeError", "build_parser", "build_serve_command", "format_command", "main"]
 
@@ -28,7 +36,7 @@ MIDDLEWARE = "vs_vllm.vllm_plugin.middleware.RetentionMiddleware"
 TRUST_FLAG = "--trust-request-mm-kwargs"
 _NO_TRUST_FLAG = "--no-trust-request-mm-kwargs"
 _MIDDLEWARE_FLAG = "--middleware"
-_OUR_ENV = (ENV_ENABLE, ENV_RATIO, ENV_METHOD, ENV_LAMBDA, ENV_SCORER)
+_OUR_ENV = (ENV_ENABLE, ENV_RATIO, ENV_VIDEO_RATIO, ENV_METHOD, ENV_LAMBDA, ENV_SCORER)
 
 
 class ServeError(ValueError):
@@ -41,8 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retention-ratio",
         metavar="R",
-        help="server-wide default fraction of visual tokens kept per image, 0 < R <= 1 "
-        "(sets VS_VLLM_RETENTION_RATIO; default 1.0 = unpruned unless already set in the environment)",
+        help="server-wide default fraction of visual tokens kept per image (and per video, unless "
+        "--video-retention-ratio), 0 < R <= 1 (sets VS_VLLM_RETENTION_RATIO; default 1.0 = unpruned unless already "
+        "set in the environment)",
+    )
+    p.add_argument(
+        "--video-retention-ratio",
+        metavar="R",
+        help="server-wide default fraction of visual tokens kept per video, 0 < R <= 1, used for videos instead of "
+        "the retention ratio (sets VS_VLLM_VIDEO_RETENTION_RATIO; default: videos use the retention ratio; requests "
+        "override it with video_retention_ratio)",
     )
     p.add_argument(
         "--selection-method",
@@ -109,17 +125,10 @@ def _plan(
     env[ENV_ENABLE] = "1"
 
     if args.retention_ratio is not None:
-        from vs_vllm.selection.budget import validate_ratio
-
-        try:
-            value = float(args.retention_ratio)
-        except ValueError:
-            raise ServeError(f"--retention-ratio {args.retention_ratio}: not a number") from None
-        try:
-            ratio = validate_ratio(value, name="retention ratio")
-        except ValueError as exc:
-            raise ServeError(f"--retention-ratio {args.retention_ratio}: {exc}") from None
-        env[ENV_RATIO] = repr(ratio)
+        env[ENV_RATIO] = _ratio_flag("--retention-ratio", args.retention_ratio, "retention ratio")
+    if args.video_retention_ratio is not None:
+        env[ENV_VIDEO_RATIO] = _ratio_flag("--video-retention-ratio", args.video_retention_ratio,
+                                           "video retention ratio")
     if args.selection_method is not None:
         from vs_vllm.vllm_plugin.options import OptionError, parse_options
 
@@ -161,6 +170,20 @@ def _plan(
     return cmd, env, args
 
 
+def _ratio_flag(flag: str, text: str, what: str) -> str:
+    """A ratio flag's value as the environment carries it (``repr`` of the float); ServeError naming the flag."""
+    from vs_vllm.selection.budget import validate_ratio
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ServeError(f"{flag} {text}: not a number") from None
+    try:
+        return repr(validate_ratio(value, name=what))
+    except ValueError as exc:
+        raise ServeError(f"{flag} {text}: {exc}") from None
+
+
 def _passthrough_value(passthrough: Sequence[str], flag: str) -> str | None:
     """The last value given to ``flag`` (``--flag V`` or ``--flag=V``) among the arguments passed to vLLM."""
     value = None
@@ -198,8 +221,8 @@ def build_serve_command(
 
     Unknown arguments go to ``vllm serve`` verbatim and in order. MODEL should come first or right after our own
     options (a passthrough option's value could otherwise be taken for it). The environment is ``environ`` (default
-    ``os.environ``) plus the plugin's variables. Raises :class:`ServeError` for a bad ratio, an unknown method, a
-    missing scorer file, or bad VS_VLLM_* values inherited from ``environ``.
+    ``os.environ``) plus the plugin's variables. Raises :class:`ServeError` for a bad ratio (either flag), an unknown
+    method, a missing scorer file, or bad VS_VLLM_* values inherited from ``environ``.
     """
     cmd, env, _ = _plan(argv, environ)
     return cmd, env
@@ -229,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if _NO_TRUST_FLAG in {_flag_name(a) for a in cmd}:
         print(
-            f"vs-vllm serve: warning: {_NO_TRUST_FLAG} given: requests that set retention_ratio, selection_method "
-            "or selection_seed will be refused by vLLM; only the server-wide defaults apply",
+            f"vs-vllm serve: warning: {_NO_TRUST_FLAG} given: requests that set any of {', '.join(OPTION_NAMES)} "
+            "will be refused by vLLM; only the server-wide defaults apply",
             file=sys.stderr,
         )
     sys.stdout.flush()

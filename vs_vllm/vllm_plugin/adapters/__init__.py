@@ -18,6 +18,7 @@ ADAPTERS: dict[str, str] = {
     "Qwen3VLForConditionalGeneration": "vs_vllm.vllm_plugin.adapters.qwen3_vl:VsQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration":
         "vs_vllm.vllm_plugin.adapters.qwen3_vl:VsQwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "vs_vllm.vllm_plugin.adapters.qwen3_5:VsQwen3_5ForConditionalGeneration",
 }
 
 

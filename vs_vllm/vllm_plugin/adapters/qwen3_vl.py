@@ -52,6 +52,9 @@ def token_runs(tokens: Sequence[int], token: int, start: int, end: int) -> list[
 class Qwen3VLAdapter(ArchitectureAdapter):
     architecture = "Qwen3VLForConditionalGeneration"
     vllm_model = "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration"
+    # Videos pass through unpruned: the placeholders of a pruned video must be laid out before selection knows which
+    # frames its kept tokens come from (vLLM's EVS lumps them into the first frame), which this adapter does not do yet.
+    pruned_modalities = ("image",)
 
     def scored_width(self, hf_config: Any) -> int:
         return int(hf_config.vision_config.out_hidden_size)

@@ -28,7 +28,7 @@ class ArchitectureAdapter:
     #: position scheme of ``vs_vllm.selection.position_schemes``.
     position_scheme: ClassVar[str] = "qwen2_mrope"
     #: modalities whose items are pruned; the others pass through unpruned (with "already positioned" channels).
-    pruned_modalities: ClassVar[tuple[str, ...]] = ("image",)
+    pruned_modalities: ClassVar[tuple[str, ...]] = ("image", "video")
     #: modality -> key of the model's ``_parse_and_validate_multimodal_inputs`` result.
     parsed_input_keys: ClassVar[Mapping[str, str]] = {"image": "image", "video": "video"}
     #: modality -> the processor field holding each item's patch grid (t, h, w).
@@ -68,6 +68,18 @@ class ArchitectureAdapter:
     def scored_width(self, hf_config: Any) -> int:
         """Columns of a vision-output row the scorer reads (the LLM hidden size; later columns are gathered only)."""
         return int(hf_config.get_text_config().hidden_size)
+
+    def temporal_factors(self, modality: str, mm_input: Any, hf_config: Any) -> list[float]:
+        """Per item, the factor M-RoPE scales a token's temporal index by: seconds per temporal patch x the vision
+        config's ``tokens_per_second`` for Qwen2/2.5-VL videos (exactly as vLLM's ``iter_mm_grid_thw``), 1 for
+        images. ``second_per_grid_ts`` is a CPU field (vLLM keeps it there), so this reads no device memory."""
+        count = len(mm_input[self.grid_fields[modality]])
+        seconds = mm_input.get("second_per_grid_ts") if modality == "video" else None
+        if seconds is None:
+            return [1.0] * count
+        tokens_per_second = getattr(hf_config.vision_config, "tokens_per_second", 1.0)
+        values = seconds.tolist() if isinstance(seconds, torch.Tensor) else list(seconds)
+        return [float(s) * tokens_per_second for s in values]
 
     def placeholder_token_id(self, info: Any, hf_kwargs: Mapping[str, object], modality: str) -> int:
         processor = info.get_hf_processor(**hf_kwargs)

@@ -26,6 +26,7 @@ import torch
 from vs_vllm.selection.checkpoint import load_scorer
 from vs_vllm.selection.methods import needs_scorer
 from vs_vllm.selection.position_schemes import PositionScheme, get_position_scheme
+from vs_vllm.selection.positions import scaled_temporal
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.vllm_plugin.options import ENV_SCORER, default_options
 from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
@@ -86,7 +87,8 @@ class PruningModelMixin:
             self.vs_scorer_loaded = scorer_names <= loaded
         scorer.float()
         default = self.vs_default_options
-        if needs_scorer(default.selection_method) and default.retention_ratio < 1.0 and not self.vs_scorer_loaded:
+        pruned_by_default = min(default.ratio_for("image"), default.ratio_for("video")) < 1.0
+        if needs_scorer(default.selection_method) and pruned_by_default and not self.vs_scorer_loaded:
             raise ValueError(
                 f"the default selection_method is {default.selection_method!r} but the served weights have no "
                 "visual.importance_scorer.* tensors: pass --scorer SCORER to `vs-vllm serve` (a scorer file or "
@@ -117,7 +119,11 @@ class PruningModelMixin:
                 check_grid_fits(grid)
             kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
                                 adapter.scored_width(self.config))
-            outputs.extend(with_channels(rows, coords) for rows, coords in kept)
+            factors = adapter.temporal_factors(modality, mm_input, self.config)
+            for (rows, coords), factor in zip(kept, factors):
+                # The channels carry the temporal *position* offset (videos: index x seconds x tokens per second).
+                coords = torch.cat([scaled_temporal(coords[:, :1], factor), coords[:, 1:]], dim=1)
+                outputs.append(with_channels(rows, coords))
         return outputs
 
     def _vs_encode(self, modality: str, mm_input: Any, grids: list[tuple[int, int, int]]) -> list[torch.Tensor]:

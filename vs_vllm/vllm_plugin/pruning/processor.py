@@ -64,7 +64,8 @@ class PruningProcessingInfoMixin:
     def options_for(self, hf_kwargs: Mapping[str, object]) -> SelectionOptions:
         options = parse_options(split_options(hf_kwargs)[0], self.default_options)
         method = options.selection_method
-        if needs_scorer(method) and options.retention_ratio < 1.0 and not self.has_scorer:
+        if needs_scorer(method) and min(options.ratio_for("image"), options.ratio_for("video")) < 1.0 \
+                and not self.has_scorer:
             raise ValueError(
                 f"selection_method {method!r} needs scorer weights, and this server has none: start it with "
                 "`vs-vllm serve MODEL --scorer SCORER` or choose another selection_method "
@@ -96,7 +97,8 @@ class PruningProcessorMixin:
             totals = [t * h * w for t, h, w in adapter.llm_grids(torch.as_tensor(grid), hf_config)]
             keep_name, method_name, seed_name, lambda_name = field_names(modality)
             count = len(totals)
-            processed_data[keep_name] = torch.tensor([keep_count(n, options.retention_ratio) for n in totals])
+            ratio = options.ratio_for(modality)
+            processed_data[keep_name] = torch.tensor([keep_count(n, ratio) for n in totals])
             processed_data[method_name] = torch.full((count,), method_id(options.selection_method))
             seed = NO_SEED if options.selection_seed is None else options.selection_seed
             processed_data[seed_name] = torch.full((count,), seed, dtype=torch.long)
