@@ -161,7 +161,16 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
             current.update(arch=arch, servers=[stock, plugin], result=(model_dir, stock, plugin))
         return current["result"]
 
+    get.release = stop_current  # type: ignore[attr-defined]  # modules call it at teardown (release_arch_servers)
     try:
         yield get
     finally:
         stop_current()
+
+
+@pytest.fixture(scope="module")
+def release_arch_servers(served_arch):
+    """Use (autouse) in a module that calls ``served_arch``: its extra servers stop when the module ends, so the
+    next module's servers never run beside them."""
+    yield
+    served_arch.release()

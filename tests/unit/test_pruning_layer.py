@@ -240,5 +240,5 @@ def test_vllm_video_pruning_is_refused_before_anything_loads(rate) -> None:
     seen: dict = {}
     with pytest.raises(ValueError, match="--video-pruning-rate") as info:
         _mixed_model_class(seen)(vllm_config=_vllm_config(video_pruning_rate=rate))
-    assert "VS_VLLM_ENABLE" in str(info.value) and "retention" in str(info.value)
+    assert "VS_VLLM_ENABLE" in str(info.value) and "video_retention_ratio" in str(info.value)
     assert seen == {}

@@ -77,3 +77,33 @@ def test_hook_on_device_tensors_syncs_only_for_the_guarded_delta() -> None:
     assert torch.equal(to_host(positions), exact) and new_delta == delta
     assert list(log) == [] and len(log.allowed) == 1  # the decode delta, inside gpu_sync_allowed()
     assert torch.equal(to_host(hidden[0]), strip_channels(rows)[0][0])
+
+
+def test_frame_hook_on_device_tensors_syncs_only_for_the_guarded_delta() -> None:
+    """Qwen3-VL's scheme: a pruned video's kept tokens sit in its first frame's run and pick their own frame's anchor
+    (``fill_frame_positions``, searchsorted over anchor counts) without a host sync."""
+    from functools import partial
+
+    from vs_vllm.selection.positions import fill_frame_positions
+
+    anchor, video, stamp = 7, 101, 9
+    # text, frame 0 run holding 3 kept tokens (frames 0, 1, 2 of a 3-frame 2 x 2 video), two empty frames, text
+    ids = [5, 5, stamp, anchor, video, video, video, 8, stamp, anchor, 8, stamp, anchor, 8, 5, 5]
+    spans = [MediaSpan(offset=4, length=3, grid=(1, 2, 2), lumped=True),
+             MediaSpan(offset=10, length=0, grid=(1, 2, 2), lumped=True),
+             MediaSpan(offset=13, length=0, grid=(1, 2, 2), lumped=True)]
+    provisional, delta = mrope_positions_for_spans(len(ids), spans)
+    coords = torch.tensor([[0, 1, 0], [1, 0, 1], [2, 1, 1]])  # (frame, h, w)
+    rows = [with_channels(torch.randn(3, HIDDEN), coords)]
+    fill = partial(fill_frame_positions, frame_anchor_id=anchor)
+    _, expected, expected_delta = recompute_positions(ids, rows, provisional.clone(), 0, (100, video), fill)
+    # each kept token sits one past its own frame's anchor: frame f's anchor is the f-th anchor of the video
+    bases = [int(expected_row) for expected_row in provisional[0, [3, 9, 12]] + 1]
+    assert expected[:, 4:7].T.tolist() == [[bases[0], bases[0] + 1, bases[0]], [bases[1], bases[1], bases[1] + 1],
+                                           [bases[2], bases[2] + 1, bases[2] + 1]]
+    with sync_guard() as log:
+        _, positions, new_delta = recompute_positions(
+            as_device(torch.tensor(ids, dtype=torch.int32)), [as_device(r) for r in rows],
+            as_device(provisional.to(torch.int32)).long(), 0, (100, video), fill)
+    assert torch.equal(to_host(positions), expected) and new_delta == expected_delta == delta
+    assert list(log) == [] and len(log.allowed) == 1

@@ -31,6 +31,11 @@ ARCHS = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
 MOE_ARCHS = ARCHS + ["qwen3_vl_moe"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_arch_servers_after_module(release_arch_servers):
+    yield
+
+
 @pytest.fixture(scope="module", params=ARCHS)
 def arch_setup(request, served_arch):
     """(arch, model_dir, stock server, plugin server); tests are grouped per architecture."""

@@ -19,7 +19,8 @@ from transformers import Qwen3VLConfig
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 from vs_vllm.selection.position_schemes import get_position_scheme
-from vs_vllm.vllm_plugin.adapters.qwen3_vl import ADAPTER, token_runs
+from vs_vllm.selection.positions import token_runs
+from vs_vllm.vllm_plugin.adapters.qwen3_vl import ADAPTER
 from vs_vllm.vllm_plugin.pruning.model import PruningModelMixin
 
 CONFIG = Qwen3VLConfig(vision_config={"spatial_merge_size": 2})
@@ -86,4 +87,51 @@ def test_pruned_image_keeps_the_unpruned_text_positions() -> None:
     assert torch.equal(ours[:, image_end:], full[:, image_end + shift:].long())
     assert torch.equal(ours[:, : features[0].mm_position.offset], full[:, : features[0].mm_position.offset].long())
     # Decoding continues one past the same largest position.
+    assert delta + len(tokens) == full_delta + len(full_tokens)
+
+
+def _video_prompt(video_grid, runs):
+    """text, a video whose frame f has runs[f] tokens (timestamps and frame markers around each), text."""
+    tokens: list[int] = [TEXT] * 4
+    video_start = len(tokens)
+    for n in runs:
+        tokens += [STAMP] * 2 + [START] + [VIDEO] * n + [END]
+    feature = _feature("video", video_start, len(tokens) - video_start, video_grid)
+    tokens += [TEXT] * 5
+    return tokens, [feature]
+
+
+@pytest.mark.parametrize("kept", [[0, 5, 17, 30, 31], [40], list(range(0, 48, 3))])
+def test_lumped_pruned_video_gets_the_unpruned_positions_of_its_kept_tokens(kept) -> None:
+    """A pruned video's kept tokens all sit in its first frame's run; after the hook each carries the position it had
+    in the unpruned prompt (its own frame's base), and every text token (timestamps included) keeps its own."""
+    from vs_vllm.vllm_plugin.pruning.hook import recompute_positions
+
+    video_grid = (3, 8, 8)  # 3 frames of 4 x 4 LLM tokens
+    per_frame = 16
+    full_tokens, full_features = _video_prompt(video_grid, [per_frame] * 3)
+    full, full_delta = Qwen3VLForConditionalGeneration._get_mrope_input_positions(full_tokens, full_features, CONFIG)
+    tokens, features = _video_prompt(video_grid, [len(kept), 0, 0])
+    spans = ADAPTER.media_spans(SimpleNamespace(config=CONFIG), tokens, features)
+    assert [s.length for s in spans] == [len(kept), 0, 0] and all(s.lumped for s in spans)
+    provisional, _ = _ours(tokens, features)
+    # the rows the encoder emits: (frame, h, w) of each kept token, in ascending order
+    coords = torch.tensor([[j // per_frame, (j % per_frame) // 4, j % 4] for j in kept])
+    rows = torch.cat([torch.zeros(len(kept), 2), torch.stack([coords // 256, coords % 256], 2).reshape(-1, 6)], 1)
+    fill = get_position_scheme("qwen3_frames").fill_media_positions
+    _, positions, delta = recompute_positions(tokens, [rows], provisional, 0, (IMAGE, VIDEO),
+                                              lambda *a, **k: fill(*a, frame_anchor_id=START, **k))
+    # unpruned index of every pruned-prompt token: text in order, the kept video tokens where frame 0's run was
+    video_slots = [i for i, t in enumerate(full_tokens) if t == VIDEO]
+    origin, cursor = [], 0
+    for t in tokens:
+        if t == VIDEO:
+            origin.append(video_slots[kept[cursor]])
+            cursor += 1
+            continue
+        origin.append(None)
+    text_full = [i for i, t in enumerate(full_tokens) if t != VIDEO]
+    text_iter = iter(text_full)
+    origin = [o if o is not None else next(text_iter) for o in origin]
+    assert torch.equal(positions, full[:, origin].long())
     assert delta + len(tokens) == full_delta + len(full_tokens)

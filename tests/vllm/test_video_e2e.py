@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 QUESTION = "What happens in the video?"
 MAX_TOKENS = 8
-ARCHS = ["qwen2_5_vl", "qwen2_vl"]
+ARCHS = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
 
 #: key -> (images as (w, h), videos as (w, h, frames))
 MEDIA = {
@@ -34,6 +34,11 @@ def _media(key):
     images, videos = MEDIA[key]
     return ([noise_image(w, h, seed=50 + i) for i, (w, h) in enumerate(images)],
             [noise_video(w, h, n, seed=60 + i) for i, (w, h, n) in enumerate(videos)])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_arch_servers_after_module(release_arch_servers):
+    yield
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -40,7 +40,7 @@ import torch
 from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
-from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans
+from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans, token_runs
 
 __all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PER_FRAME_VIDEO_MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
 
@@ -164,6 +164,8 @@ class QwenVLSelector:
         """
         ratio = validate_ratio(ratio)
         video_ratio = ratio if video_ratio is None else validate_ratio(video_ratio, name="video_ratio")
+        if inputs.get("video_grid_thw") is not None and self.config.model_type in PER_FRAME_VIDEO_MODEL_TYPES:
+            return self._prepare_per_frame(inputs, ratio, video_ratio, method, seed, selection_lambda)
         input_ids = inputs["input_ids"].to(self.device)
         if input_ids.shape[0] != 1:
             raise ValueError(f"batch size 1 only, got {input_ids.shape[0]}")
@@ -179,9 +181,6 @@ class QwenVLSelector:
             items["image"] = [(f, g, 1.0) for f, g in zip(vision.main, grids)]
             deepstack_levels = vision.deepstack
         if inputs.get("video_grid_thw") is not None:
-            if self.config.model_type in PER_FRAME_VIDEO_MODEL_TYPES:
-                # Their videos are per-frame runs between timestamp text; the plugin serves them unpruned.
-                raise NotImplementedError(f"the HF reference does not prune {self.config.model_type} videos")
             grids = self.llm_grids(inputs["video_grid_thw"])
             factors = self._video_t_factors(inputs, len(grids))
             items["video"] = list(zip(self._video_features(inputs), grids, factors))
@@ -190,7 +189,7 @@ class QwenVLSelector:
         token_of = {"image": self.image_token_id, "video": int(self.config.video_token_id)}
         placed = []  # (offset, modality, index within its modality)
         for modality, token in token_of.items():
-            runs = _token_runs(ids.tolist(), token)
+            runs = token_runs(ids.tolist(), token)
             if len(runs) != len(items[modality]):
                 raise ValueError(f"prompt has {len(runs)} {modality} runs but the processor gave "
                                  f"{len(items[modality])} {modality}s")
@@ -254,6 +253,95 @@ class QwenVLSelector:
         )
 
     @torch.no_grad()
+    def _prepare_per_frame(self, inputs, ratio: float, video_ratio: float, method: str, seed: int | None,
+                           selection_lambda: float) -> PrunedPrompt:
+        """Qwen3-VL-family prompts with videos: each video frame is its own run of tokens after timestamp text.
+
+        Obviously right rather than fast: transformers' ``get_rope_index`` positions the *unpruned* prompt; every item
+        keeps K tokens (videos: selected over all frames at once); the pruned prompt is the unpruned one with dropped
+        tokens removed and, as the plugin lays it out (and vLLM's EVS), each video's kept tokens moved into its first
+        frame's run (the other runs left empty), every token carrying its unpruned position.
+        """
+        ids = inputs["input_ids"].to(self.device)[0]
+        if inputs["input_ids"].shape[0] != 1:
+            raise ValueError(f"batch size 1 only, got {inputs['input_ids'].shape[0]}")
+        inner = self.model.model
+        unpruned_positions, _ = inner.get_rope_index(
+            inputs["input_ids"].to(self.device), mm_token_type_ids=inputs["mm_token_type_ids"].to(self.device),
+            image_grid_thw=inputs.get("image_grid_thw"), video_grid_thw=inputs.get("video_grid_thw"))
+        unpruned_positions = unpruned_positions[:, 0]
+        embeds = self.model.get_input_embeddings()(ids).clone()
+        token_of = {"image": self.image_token_id, "video": int(self.config.video_token_id)}
+        # Per modality, per item: main features, DeepStack levels, grid, and the item's slots in the unpruned prompt.
+        items: dict[str, list[tuple[torch.Tensor, list[torch.Tensor], tuple[int, int, int]]]] = {"image": [], "video": []}
+        for modality, grid_key, pixel_key, getter in (
+            ("image", "image_grid_thw", "pixel_values", inner.get_image_features),
+            ("video", "video_grid_thw", "pixel_values_videos", inner.get_video_features),
+        ):
+            if inputs.get(grid_key) is None:
+                continue
+            out = getter(inputs[pixel_key].to(self.device), inputs[grid_key].to(self.device), return_dict=True)
+            levels = [list(level) for level in out.deepstack_features] if self.has_deepstack else []
+            for i, (feat, grid) in enumerate(zip(out.pooler_output, self.llm_grids(inputs[grid_key]))):
+                items[modality].append((feat, [level[i] for level in levels], grid))
+        slots = {m: (ids == token_of[m]).nonzero().flatten() for m in token_of}  # items' slots, in item order
+        order: list[int] = []  # unpruned indices of the pruned prompt, in its order
+        placed_rows: dict[int, tuple[str, int, int]] = {}  # unpruned slot -> (modality, item, feature row)
+        dropped: set[int] = set()
+        kept_all: list[torch.Tensor] = []
+        visual_total = visual_kept = 0
+        starts = {m: 0 for m in token_of}
+        first_slot: dict[int, list[int]] = {}  # first unpruned slot of a video -> the slots its kept rows fill
+        for modality in token_of:
+            for i, (feat, _, grid) in enumerate(items[modality]):
+                n = feat.shape[0]
+                item_slots = slots[modality][starts[modality]: starts[modality] + n].tolist()
+                starts[modality] += n
+                k = keep_count(n, ratio if modality == "image" else video_ratio)
+                idx = torch.arange(n) if k == n else select(method, feat, grid, k, scorer=self.scorer, seed=seed,
+                                                             selection_lambda=selection_lambda).cpu()
+                kept_all.append(idx)
+                visual_total += n
+                visual_kept += k
+                for j in idx.tolist():
+                    placed_rows[item_slots[j]] = (modality, i, j)
+                if modality == "video" and k < n:
+                    dropped.update(item_slots)
+                    first_slot[item_slots[0]] = [item_slots[j] for j in idx.tolist()]
+                else:
+                    dropped.update(set(item_slots) - {item_slots[j] for j in idx.tolist()})
+        for position in range(ids.shape[0]):
+            if position in first_slot:
+                order.extend(first_slot[position])
+            elif position not in dropped:
+                order.append(position)
+        index = torch.tensor(order, device=self.device)
+        for slot, (modality, i, j) in placed_rows.items():
+            embeds[slot] = items[modality][i][0][j].to(embeds.dtype)
+        new_ids = ids[index]
+        positions = unpruned_positions[:, index]
+        deepstack_embeds = visual_pos_mask = None
+        if self.has_deepstack:
+            visual = [o for o in order if o in placed_rows]
+            deepstack_embeds = [
+                torch.stack([items[placed_rows[o][0]][placed_rows[o][1]][1][level][placed_rows[o][2]] for o in visual])
+                .to(embeds.dtype)
+                for level in range(len(self.config.vision_config.deepstack_visual_indexes))
+            ]
+            visual_pos_mask = ((new_ids == token_of["image"]) | (new_ids == token_of["video"]))[None]
+        return PrunedPrompt(
+            input_ids=new_ids[None],
+            inputs_embeds=embeds[index][None],
+            position_ids=positions[:, None, :],
+            rope_delta=int(positions.max()) + 1 - len(order),
+            kept=kept_all,
+            visual_total=visual_total,
+            visual_kept=visual_kept,
+            deepstack_embeds=deepstack_embeds,
+            visual_pos_mask=visual_pos_mask,
+        )
+
+    @torch.no_grad()
     def generate(
         self,
         inputs: Mapping[str, torch.Tensor],
@@ -286,19 +374,3 @@ class QwenVLSelector:
             # No DeepStack inputs here: a generated token is text, and DeepStack only adds to image slots.
             out = lm(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
         return generated, prompt
-
-
-def _token_runs(ids: Sequence[int], token: int) -> list[tuple[int, int]]:
-    """(offset, length) of each maximal run of ``token``."""
-    runs: list[tuple[int, int]] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] != token:
-            i += 1
-            continue
-        j = i
-        while j < n and ids[j] == token:
-            j += 1
-        runs.append((i, j - i))
-        i = j
-    return runs

@@ -1,8 +1,10 @@
 """Position schemes: how a pruned prompt's kept media tokens and text are positioned, one entry per scheme.
 
 An architecture adapter names its scheme; the generic pruning layer and the HF references call it through this
-table. ``qwen2_mrope`` (Qwen2-VL, Qwen2.5-VL) is ``vs_vllm.selection.positions``; Qwen3-VL's interleaved M-RoPE with
-timestamp text between video frames will be a second entry.
+table. ``qwen2_mrope`` (Qwen2-VL, Qwen2.5-VL) is ``vs_vllm.selection.positions``; ``qwen3_frames`` (Qwen3-VL,
+Qwen3.5) has the same position ids for images (interleaving only changes how the rotary frequencies read them) and
+places each video frame one past its own ``<|vision_start|>``, with timestamp text between frames; a pruned video's
+kept tokens sit in its first frame's run (``fill_frame_positions``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ POSITION_SCHEMES: dict[str, PositionScheme] = {
         name="qwen2_mrope",
         prompt_positions=_qwen2.mrope_positions_for_spans,
         fill_media_positions=_qwen2.fill_media_positions,
+        grid_coordinates=_qwen2.grid_coordinates,
+    ),
+    # fill_media_positions needs frame_anchor_id=<|vision_start|> (the adapter's fill_kwargs)
+    "qwen3_frames": PositionScheme(
+        name="qwen3_frames",
+        prompt_positions=_qwen2.mrope_positions_for_spans,
+        fill_media_positions=_qwen2.fill_frame_positions,
         grid_coordinates=_qwen2.grid_coordinates,
     ),
 }

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["MediaSpan", "fill_media_positions", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans",
+__all__ = ["MediaSpan", "fill_frame_positions", "fill_media_positions", "token_runs", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans",
            "scaled_temporal"]
 
 
@@ -39,6 +39,10 @@ class MediaSpan:
     grid: tuple[int, int, int]  # LLM grid (t, h, w): the patch grid divided by the spatial merge size
     t_factor: float = 1.0
     kept: torch.Tensor | None = None  # ascending flat indices of the kept tokens, when known
+    # A frame of a pruned per-frame video (Qwen3-VL): its item's kept tokens are all placed in the first frame's run
+    # (any count, provisional positions) and the other frames' runs are empty (length 0); each still advances the
+    # positions by one frame's extent, so the text between frames keeps its unpruned positions.
+    lumped: bool = False
 
     @property
     def total(self) -> int:
@@ -89,13 +93,15 @@ def mrope_positions_for_spans(
     for span in sorted(spans, key=lambda s: s.offset):
         if span.offset < cursor or span.offset + span.length > num_tokens:
             raise ValueError(f"media span at {span.offset} (+{span.length}) overlaps or leaves the prompt")
-        if span.length > span.total or span.length < 1:
+        if not span.lumped and (span.length > span.total or span.length < 1):
             raise ValueError(f"media span at {span.offset}: {span.length} tokens for grid {span.grid}")
+        if span.lumped and (span.length < 0 or span.kept is not None):
+            raise ValueError(f"lumped media span at {span.offset}: {span.length} tokens, kept indices given")
         text = span.offset - cursor
         out[:, cursor : span.offset] = torch.arange(pos, pos + text)
         pos += text
         kept = span.kept
-        if kept is None and span.length == span.total:
+        if kept is None and span.length == span.total and not span.lumped:
             kept = torch.arange(span.total)
         if kept is not None:
             if kept.numel() != span.length:
@@ -112,6 +118,23 @@ def mrope_positions_for_spans(
     return out, p_max + 1 - num_tokens
 
 
+def token_runs(tokens: Sequence[int], token: int, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """(offset, length) of each maximal run of ``token`` in ``tokens[start:end]``."""
+    end = len(tokens) if end is None else end
+    runs: list[tuple[int, int]] = []
+    i = start
+    while i < end:
+        if tokens[i] != token:
+            i += 1
+            continue
+        j = i
+        while j < end and tokens[j] == token:
+            j += 1
+        runs.append((i, j - i))
+        i = j
+    return runs
+
+
 def image_spans(
     input_ids: Sequence[int] | torch.Tensor,
     image_token_id: int,
@@ -124,21 +147,14 @@ def image_spans(
     ``<|vision_end|><|vision_start|>`` between them).
     """
     ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
-    spans: list[MediaSpan] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] != image_token_id:
-            i += 1
-            continue
-        end = i
-        while end < n and ids[end] == image_token_id:
-            end += 1
-        k = len(spans)
-        if k >= len(image_grids):
-            raise ValueError(f"prompt has more image-token runs than the {len(image_grids)} grids given")
-        grid = tuple(int(v) for v in image_grids[k])
-        spans.append(MediaSpan(offset=i, length=end - i, grid=grid, kept=None if kept is None else kept[k]))
-        i = end
+    runs = token_runs(ids, image_token_id)
+    if len(runs) > len(image_grids):
+        raise ValueError(f"prompt has more image-token runs than the {len(image_grids)} grids given")
+    spans = [
+        MediaSpan(offset=offset, length=length, grid=tuple(int(v) for v in image_grids[k]),
+                  kept=None if kept is None else kept[k])
+        for k, (offset, length) in enumerate(runs)
+    ]
     if len(spans) != len(image_grids):
         raise ValueError(f"prompt has {len(spans)} image-token runs but {len(image_grids)} grids were given")
     return spans
@@ -154,6 +170,30 @@ def mrope_positions(
     """Positions [3, L] and decode delta of a (possibly pruned) image prompt; see the module docstring."""
     ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
     return mrope_positions_for_spans(len(ids), image_spans(ids, image_token_id, image_grids, kept), start)
+
+
+def _media_window(positions, input_ids, media_token_ids, coords, start, validate):
+    """(ids, is_media, window, rank, row) shared by the fill functions: the media slots at index >= ``start``, each
+    slot's rank among them and the coordinate row it takes. Sync-free unless ``validate``."""
+    num_rows = coords.shape[0]
+    device = positions.device
+    length = positions.shape[1]
+    ids = input_ids.to(device=device, dtype=torch.long)
+    rows = coords.to(device=device, dtype=torch.long)
+    is_media = torch.zeros_like(ids, dtype=torch.bool)
+    for token in media_token_ids:  # Python scalars: no host-to-device copy of the token list
+        is_media |= ids == int(token)
+    index = torch.arange(length, device=device)
+    window = is_media & (index >= start)
+    rank = torch.cumsum(window, 0) - 1  # rank of each window media slot among the window's media slots
+    if validate is None:
+        validate = device.type == "cpu"
+    if validate:
+        slots = int(rank[-1]) + 1 if length else 0
+        if slots < num_rows:
+            raise ValueError(f"{num_rows} media rows but only {slots} media slots from index {start}")
+    row = rows.index_select(0, rank.clamp(0, num_rows - 1))  # [L, 3]: the row each slot would take
+    return ids, is_media, window & (rank < num_rows) & (row[:, 0] >= 0), row
 
 
 def fill_media_positions(
@@ -180,28 +220,40 @@ def fill_media_positions(
     check reads a device count on the host, so ``None`` (the default) runs it only when ``positions`` lives on the
     CPU; on a device the rows without a slot are dropped silently.
     """
-    num_rows = coords.shape[0]
     if coords.numel() == 0:
         return positions
-    device = positions.device
-    length = positions.shape[1]
-    ids = input_ids.to(device=device, dtype=torch.long)
-    rows = coords.to(device=device, dtype=torch.long)
-    is_media = torch.zeros_like(ids, dtype=torch.bool)
-    for token in media_token_ids:  # Python scalars: no host-to-device copy of the token list
-        is_media |= ids == int(token)
-    index = torch.arange(length, device=device)
-    window = is_media & (index >= start)
-    rank = torch.cumsum(window, 0) - 1  # rank of each window media slot among the window's media slots
-    if validate is None:
-        validate = device.type == "cpu"
-    if validate:
-        slots = int(rank[-1]) + 1 if length else 0
-        if slots < num_rows:
-            raise ValueError(f"{num_rows} media rows but only {slots} media slots from index {start}")
+    _, is_media, write, row = _media_window(positions, input_ids, media_token_ids, coords, start, validate)
+    index = torch.arange(positions.shape[1], device=positions.device)
     # The token before a slot's media span is the last non-media token at or before it (-1: the span opens the prompt).
     before = torch.cummax(torch.where(is_media, -1, index), 0).values
     base = torch.where(before >= 0, positions[0].gather(0, before.clamp_min(0)).to(torch.long) + 1, 0)
-    row = rows.index_select(0, rank.clamp(0, num_rows - 1))  # [L, 3]: the row each slot would take
-    write = window & (rank < num_rows) & (row[:, 0] >= 0)
     return torch.where(write, (base[:, None] + row).T.to(positions.dtype), positions)
+
+
+def fill_frame_positions(
+    positions: torch.Tensor,
+    input_ids: torch.Tensor,
+    media_token_ids: Sequence[int],
+    coords: torch.Tensor,
+    start: int = 0,
+    validate: bool | None = None,
+    *,
+    frame_anchor_id: int,
+) -> torch.Tensor:
+    """:func:`fill_media_positions` for layouts where every image and video frame is a (1, h, w) grid placed one
+    past its own anchor token (Qwen3-VL: ``<|vision_start|>``), with text (timestamps) between a video's frames.
+
+    A row's t is its frame's index within its item, and its slot may sit in another frame's run: a pruned video's
+    kept tokens are all placed in its first frame's run. So a slot's base is one past the anchor t anchors after the
+    last anchor at or before the slot, and the slot gets (base, base + h, base + w). Rows with t < 0 leave their slot
+    alone. Sync-free like :func:`fill_media_positions` (``searchsorted`` over the anchor counts, no ``nonzero``).
+    """
+    if coords.numel() == 0:
+        return positions
+    ids, _, write, row = _media_window(positions, input_ids, media_token_ids, coords, start, validate)
+    anchors_upto = torch.cumsum(ids == int(frame_anchor_id), 0)  # anchors at or before each index (non-decreasing)
+    # the first index whose count reaches (own count + t) is that anchor
+    anchor = torch.searchsorted(anchors_upto, anchors_upto + row[:, 0].clamp_min(0)).clamp_max(positions.shape[1] - 1)
+    base = positions[0].gather(0, anchor).to(torch.long) + 1
+    placed = torch.stack([base, base + row[:, 1], base + row[:, 2]])
+    return torch.where(write, placed.to(positions.dtype), positions)

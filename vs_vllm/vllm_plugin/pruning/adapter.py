@@ -81,6 +81,17 @@ class ArchitectureAdapter:
         values = seconds.tolist() if isinstance(seconds, torch.Tensor) else list(seconds)
         return [float(s) * tokens_per_second for s in values]
 
+    def fill_kwargs(self, hf_config: Any) -> dict[str, Any]:
+        """Extra keyword arguments of the position scheme's ``fill_media_positions`` (e.g. Qwen3-VL's frame anchor)."""
+        return {}
+
+    def pruned_replacement(self, processor: Any, hf_kwargs: Mapping[str, object], out_mm_kwargs: Any, modality: str,
+                           item_idx: int, keep: int) -> Any:
+        """The prompt tokens of a media item that keeps ``keep`` tokens (a prompt-update replacement): by default
+        ``keep`` placeholder tokens in one run."""
+        token = self.placeholder_token_id(processor.info, hf_kwargs, modality)
+        return [token] * keep
+
     def placeholder_token_id(self, info: Any, hf_kwargs: Mapping[str, object], modality: str) -> int:
         processor = info.get_hf_processor(**hf_kwargs)
         return int(info.get_tokenizer().get_vocab()[getattr(processor, f"{modality}_token")])

@@ -15,6 +15,7 @@ Mixed in front of an architecture's vLLM model class by its adapter module. What
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -72,6 +73,10 @@ class PruningModelMixin:
     def vs_positions(self) -> PositionScheme:
         return get_position_scheme(self.vs_adapter.position_scheme)
 
+    @cached_property
+    def vs_fill_positions(self):
+        return functools.partial(self.vs_positions.fill_media_positions, **self.vs_adapter.fill_kwargs(self.config))
+
     # ---- weights ---------------------------------------------------------------------------------------------------
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -120,7 +125,11 @@ class PruningModelMixin:
             kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
                                 adapter.scored_width(self.config))
             factors = adapter.temporal_factors(modality, mm_input, self.config)
-            for (rows, coords), factor in zip(kept, factors):
+            for (rows, coords), factor, choice, embed in zip(kept, factors, choices, embeds):
+                if choice.keep >= embed.shape[0]:
+                    # Unpruned: get_mrope_input_positions already placed it exactly, in the model's own layout.
+                    outputs.append(unpositioned(rows))
+                    continue
                 # The channels carry the temporal *position* offset (videos: index x seconds x tokens per second).
                 coords = torch.cat([scaled_temporal(coords[:, :1], factor), coords[:, 1:]], dim=1)
                 outputs.append(with_channels(rows, coords))
@@ -172,7 +181,7 @@ class PruningModelMixin:
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         return recompute_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens,
-                                   self.vs_media_token_ids, self.vs_positions.fill_media_positions)
+                                   self.vs_media_token_ids, self.vs_fill_positions)
 
 
 def _host_values(value: Any, count: int, kind: type) -> list | None:

@@ -117,17 +117,17 @@ class PruningProcessorMixin:
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))  # type: ignore[misc]
         adapter = self.vs_adapter
 
-        def replacement(item_idx: int, modality: str, token: int) -> list[int]:
-            keep_name = field_names(modality)[0]
-            return [token] * int(out_mm_kwargs[modality][item_idx][keep_name].data)
+        def replacement(item_idx: int, modality: str):
+            keep = int(out_mm_kwargs[modality][item_idx][field_names(modality)[0]].data)
+            return adapter.pruned_replacement(self, hf_processor_mm_kwargs, out_mm_kwargs, modality, item_idx, keep)
 
         pruned = set(adapter.pruned_modalities)
         out = []
         for update in updates:
             if update.modality in pruned:
-                token = adapter.placeholder_token_id(self.info, hf_processor_mm_kwargs, update.modality)  # type: ignore[attr-defined]
-                update = PromptReplacement(modality=update.modality, target=[token],
-                                           replacement=partial(replacement, modality=update.modality, token=token))
+                # Same target as the model's own update: only the replacement's length (and layout) changes.
+                update = PromptReplacement(modality=update.modality, target=update.target,
+                                           replacement=partial(replacement, modality=update.modality))
             out.append(update)
         return out
 
