@@ -53,12 +53,14 @@ bench-prefill-quick: setup
 
 # Synthetic visual-QA benchmark (benchmarks/synthetic/): generate data, train a small model from scratch, train its
 # scorer, evaluate every method at every ratio through `vs-vllm serve`; results go to benchmarks/results/synthetic_*.
+# ARCH=qwen3_vl builds the base model as Qwen3-VL (artefacts under artifacts/qwen3_vl, results synthetic_qwen3_vl_*).
 .PHONY: bench-synthetic bench-synthetic-quick
+ARCH ?= qwen2_5_vl
 bench-synthetic: setup
-	@$(VPY) benchmarks/synthetic/run_benchmark.py $(BENCH_ARGS)
+	@$(VPY) benchmarks/synthetic/run_benchmark.py --arch $(ARCH) $(BENCH_ARGS)
 
 bench-synthetic-quick: setup
-	@$(VPY) benchmarks/synthetic/run_benchmark.py --quick $(BENCH_ARGS)
+	@$(VPY) benchmarks/synthetic/run_benchmark.py --quick --arch $(ARCH) $(BENCH_ARGS)
 
 # One prepared run for a short window on a CUDA machine (benchmarks/gpu/README.md): kernel tests and an odd-shape sweep
 # in strict mode, kernel timings, the HF Qwen2.5-VL-7B prefill, and a summary against the goals, all in < 8 min. Needs

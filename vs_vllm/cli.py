@@ -77,11 +77,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "benchmarks/synthetic/model (trained from scratch, with its VisionSelector scorer), ask fresh synthetic "
         "images at several retention ratios with visionselector, norm and random, print accuracy, visual tokens "
         "kept/total and time to first token, then stop the server. --random-model (or a checkout without that model) "
-        "serves the random-weight tiny model instead: one image, one row per ratio, answers that mean nothing.",
+        "serves the random-weight tiny model instead: one image, one row per ratio, answers that mean nothing. "
+        "--arch qwen3_vl does the same with Qwen3-VL (benchmarks/synthetic/model_qwen3_vl, 256x256 images).",
     )
+    p.add_argument("--arch", choices=("qwen2_5_vl", "qwen3_vl"), default="qwen2_5_vl",
+                   help="model architecture (default: %(default)s)")
     p.add_argument("--model-dir", default=None,
-                   help="model directory (default: benchmarks/synthetic/model; with --random-model: "
-                   ".cache/tiny-qwen2_5_vl, built if missing)")
+                   help="model directory (default: benchmarks/synthetic/model, or model_qwen3_vl with --arch "
+                   "qwen3_vl; with --random-model: .cache/tiny-ARCH, built if missing)")
     p.add_argument("--random-model", action="store_true", help="serve the random-weight tiny model")
     p.add_argument("--images", type=int, default=12, help="synthetic images per ratio and method (default: %(default)s)")
     p.add_argument("--question", default=None, help="random model only (default: 'What colour is the shape?')")
@@ -101,7 +104,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             raise SystemExit(f"vs-vllm demo: error: --images must be >= 1, got {args.images}")
         ratios = [validate_ratio(float(r)) for r in args.ratios.split(",") if r.strip()] if args.ratios else None
         return run_demo(Path(args.model_dir) if args.model_dir else None, args.question, args.max_tokens,
-                        ratios=ratios, method=args.method, random_model=args.random_model, n_images=args.images)
+                        ratios=ratios, method=args.method, random_model=args.random_model, n_images=args.images,
+                        arch=args.arch)
 
     p.set_defaults(handler=run)
 
@@ -109,9 +113,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 _SERVE_EPILOG = """\
 per-request fields (top level of a /v1/chat/completions, /v1/completions or /v1/responses body, or inside
 mm_processor_kwargs; each overrides the server default for that request only):
-  retention_ratio    fraction of each image's visual tokens kept, 0 < r <= 1 (1.0 = unpruned)
-  selection_method   visionselector, uniform, random, ...
-  selection_seed     integer seed for the random method
+  retention_ratio        fraction of each image's and video's visual tokens kept, 0 < r <= 1 (1.0 = unpruned)
+  video_retention_ratio  the same for videos only, overriding retention_ratio for them
+  selection_method       visionselector, visionselector_mmr, uniform, random, temporal (videos), ...
+  selection_seed         integer seed for the random method
+  selection_lambda       score/diversity trade-off of visionselector_mmr, 0 <= lambda <= 1
 A bad value is answered with HTTP 400 naming the field; any other mm_processor_kwargs key (max_pixels, ...) is
 refused. Responses carry usage.visual_tokens {kept, total, images} and x-vs-visual-tokens-kept/-total headers.
 
@@ -140,8 +146,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
             "environment), --trust-request-mm-kwargs, and the vs-vllm middleware that turns the per-request\n"
             "fields into validated mm_processor_kwargs. This process is replaced by vLLM (exec)."
         ),
-        usage="%(prog)s MODEL [--retention-ratio R] [--selection-method M] [--scorer PATH] [--print-command]\n"
-        "                     [vllm serve args ...]",
+        usage="%(prog)s MODEL [--retention-ratio R] [--video-retention-ratio R] [--selection-method M]\n"
+        "                     [--selection-lambda L] [--scorer PATH] [--print-command] [vllm serve args ...]",
         epilog=_SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -156,9 +162,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "unless VS_VLLM_RETENTION_RATIO is set)",
     )
     p.add_argument(
+        "--video-retention-ratio",
+        metavar="R",
+        help="server-wide default retention ratio for videos, 0 < R <= 1 (default: --retention-ratio, unless "
+        "VS_VLLM_VIDEO_RETENTION_RATIO is set)",
+    )
+    p.add_argument(
         "--selection-method",
         metavar="M",
         help="server-wide default selection method (default: visionselector, unless VS_VLLM_SELECTION_METHOD is set)",
+    )
+    p.add_argument(
+        "--selection-lambda",
+        metavar="L",
+        help="server-wide default selection_lambda of visionselector_mmr, 0 <= L <= 1 (default: 0.5, unless "
+        "VS_VLLM_SELECTION_LAMBDA is set)",
     )
     p.add_argument(
         "--scorer",
@@ -180,7 +198,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         argv = [args.model]
         for flag, value in (
             ("--retention-ratio", args.retention_ratio),
+            ("--video-retention-ratio", args.video_retention_ratio),
             ("--selection-method", args.selection_method),
+            ("--selection-lambda", args.selection_lambda),
             ("--scorer", args.scorer),
         ):
             if value is not None:
@@ -214,17 +234,18 @@ examples:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train the VisionSelector scorer on a frozen Qwen2.5-VL or Qwen2-VL (transformers + accelerate)",
+        help="train the VisionSelector scorer on a frozen Qwen2.5-VL, Qwen2-VL or Qwen3-VL (dense/MoE) (transformers + accelerate)",
         description=(
             "Train the learnable importance scorer (two D x D/2 projections) with a differentiable top-K at a fixed\n"
-            "retention ratio, on a frozen Qwen2.5-VL or Qwen2-VL. Writes OUTPUT_DIR/scorer.safetensors (for\n"
+            "retention ratio, on a frozen Qwen2.5-VL, Qwen2-VL or Qwen3-VL (dense or MoE; the scorer reads the main\n"
+            "merger columns, and the soft mask also scales every DeepStack level). Writes OUTPUT_DIR/scorer.safetensors (for\n"
             "`vs-vllm serve --scorer`), train_log.jsonl (metrics per step) and, with --save-every, resumable checkpoint-<step>/."
         ),
         epilog=_TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--model", required=True, metavar="DIR", help="Qwen2.5-VL or Qwen2-VL checkpoint (directory or hub id)")
+    g.add_argument("--model", required=True, metavar="DIR", help="Qwen2.5-VL, Qwen2-VL or Qwen3-VL (dense/MoE) checkpoint (directory or hub id)")
     g.add_argument("--data", required=True, metavar="FILE", help="training data, .json or .jsonl")
     g.add_argument("--image-root", metavar="DIR", help="base directory of relative image paths (default: the data "
                    "file's directory)")

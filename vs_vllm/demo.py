@@ -7,6 +7,10 @@ free 127.0.0.1 port, asks every image at several ``retention_ratio`` values with
 training-free methods, prints accuracy, visual tokens kept and time to first token per ratio and method, and stops the
 server, also on Ctrl-C or error.
 
+``--arch qwen3_vl`` serves the Qwen3-VL counterpart committed under ``benchmarks/synthetic/model_qwen3_vl/`` (the same
+task at 256x256, where Qwen3-VL's 32-px tokens give the same 8x8 grid), or with ``--random-model`` a random-weight
+tiny Qwen3-VL.
+
 ``--random-model`` (or a checkout without the committed model) serves the random-weight tiny model instead: the same
 round trip, with answers that mean nothing.
 """
@@ -19,12 +23,19 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(".cache") / "tiny-qwen2_5_vl"
+#: Architectures the demo serves; the first is the default.
+DEMO_ARCHS = ("qwen2_5_vl", "qwen3_vl")
 DEFAULT_RATIOS = (1.0, 0.5, 0.3, 0.1, 0.05)
 SYNTHETIC_RATIOS = (1.0, 0.3, 0.1, 0.05)
 SYNTHETIC_METHODS = ("visionselector", "norm", "random")
 #: The repository's synthetic benchmark (generator + committed model); absent from a wheel-only install.
 SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic"
 SYNTHETIC_MODEL_DIR = SYNTHETIC_DIR / "model"
+#: The committed synthetic-benchmark model per architecture.
+SYNTHETIC_MODEL_DIRS = {"qwen2_5_vl": SYNTHETIC_MODEL_DIR, "qwen3_vl": SYNTHETIC_DIR / "model_qwen3_vl"}
+#: The full benchmark's results per architecture (named in the demo's last line).
+SYNTHETIC_RESULTS = {"qwen2_5_vl": "benchmarks/results/synthetic_accuracy.md",
+                     "qwen3_vl": "benchmarks/results/synthetic_qwen3_vl_accuracy.md"}
 #: Images for the demo come from this generator seed; the model was trained and tested on seed 0.
 DEMO_SEED = 1
 
@@ -33,13 +44,29 @@ def synthetic_model_available(model_dir: Path = SYNTHETIC_MODEL_DIR) -> bool:
     return all((model_dir / name).is_file() for name in ("model.safetensors", "scorer.safetensors", "config.json"))
 
 
-def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
+def _check_arch(arch: str) -> None:
+    if arch not in DEMO_ARCHS:
+        raise ValueError(f"unknown demo arch {arch!r}; known: {', '.join(DEMO_ARCHS)}")
+
+
+def default_random_model_dir(arch: str = "qwen2_5_vl") -> Path:
+    """Where the random-weight tiny model of ``arch`` is built (``.cache/tiny-ARCH``)."""
+    _check_arch(arch)
+    return Path(".cache") / f"tiny-{arch}"
+
+
+def ensure_tiny_model(model_dir: Path, seed: int = 0, arch: str = "qwen2_5_vl") -> Path:
+    import json
+
     from vs_vllm.testing.tiny_models import build_tiny_model
 
-    if (model_dir / "model.safetensors").exists() and (model_dir / "vs_vllm_tiny_model.json").exists():
+    card = model_dir / "vs_vllm_tiny_model.json"
+    # Reuse only a model of the asked arch (a directory given by --model-dir may hold another one).
+    if (model_dir / "model.safetensors").exists() and card.exists() and \
+            json.loads(card.read_text()).get("arch", "qwen2_5_vl") == arch:
         return model_dir
-    print(f"[demo] building the tiny random-weight Qwen2.5-VL in {model_dir} ...", flush=True)
-    return build_tiny_model(model_dir, arch="qwen2_5_vl", seed=seed)
+    print(f"[demo] building the tiny random-weight {arch} model in {model_dir} ...", flush=True)
+    return build_tiny_model(model_dir, arch=arch, seed=seed)
 
 
 def ask(client, image_url: str, question: str, ratio: float, method: str, max_tokens: int) -> dict:
@@ -78,12 +105,12 @@ def ask(client, image_url: str, question: str, ratio: float, method: str, max_to
 
 
 def run_random_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFAULT_RATIOS,
-                    method: str = "uniform") -> int:
+                    method: str = "uniform", arch: str = "qwen2_5_vl") -> int:
     from vs_vllm.testing.client import openai_client
     from vs_vllm.testing.images import shape_image, to_data_url
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
-    model_dir = ensure_tiny_model(model_dir)
+    model_dir = ensure_tiny_model(model_dir, arch=arch)
     server = VLLMServer(
         model_dir,
         [*tiny_serve_args(max_images=1), "--selection-method", method, "--no-enable-prefix-caching"],
@@ -140,7 +167,8 @@ def synthetic_samples(n_images: int, seed: int, model_dir: Path = SYNTHETIC_MODE
 
 
 def run_synthetic_demo(model_dir: Path = SYNTHETIC_MODEL_DIR, n_images: int = 12, ratios=SYNTHETIC_RATIOS,
-                       methods=SYNTHETIC_METHODS, max_tokens: int = 4) -> int:
+                       methods=SYNTHETIC_METHODS, max_tokens: int = 4,
+                       results: str = SYNTHETIC_RESULTS["qwen2_5_vl"]) -> int:
     """Accuracy of each method at each ratio on ``n_images`` fresh synthetic images, through ``vs-vllm serve``."""
     import numpy as np
 
@@ -176,7 +204,8 @@ def run_synthetic_demo(model_dir: Path = SYNTHETIC_MODEL_DIR, n_images: int = 12
                     "first": answers[0]["answer"].strip(),
                 })
     print()
-    print(f"question: {question!r}   {n_images} fresh 224x224 images (generator seed {DEMO_SEED}); "
+    size = _image_size(model_dir)
+    print(f"question: {question!r}   {n_images} fresh {size}x{size} images (generator seed {DEMO_SEED}); "
           f"first image's answer: {samples[0][1]!r}")
     print(f"{'ratio':>6} {'method':>15} {'visual kept/total':>18} {'correct':>8} {'TTFT ms':>8}  first image")
     for row in rows:
@@ -184,21 +213,32 @@ def run_synthetic_demo(model_dir: Path = SYNTHETIC_MODEL_DIR, n_images: int = 12
         print(f"{row['ratio']:>6.2f} {row['method']:>15} {kept_total:>18} {row['correct']:>4}/{n_images:<3} "
               f"{row['ttft_ms']:>8.0f}  {row['first']!r}")
     print("\n`correct` counts exact answers; the visual tokens each method keeps decide whether the one that shows the "
-          "answer survives.\nFull benchmark: benchmarks/results/synthetic_accuracy.md")
+          f"answer survives.\nFull benchmark: {results}")
     return 0
 
 
+def _image_size(model_dir: Path) -> int:
+    """The image side the synthetic model in ``model_dir`` was trained on (its dataset.json; 224 without one)."""
+    import json
+
+    info = model_dir / "dataset.json"
+    return int(json.loads(info.read_text())["config"]["image_size"]) if info.is_file() else 224
+
+
 def run_demo(model_dir: Path | None = None, question: str | None = None, max_tokens: int | None = None,
-             ratios=None, method: str | None = None, random_model: bool = False, n_images: int = 12) -> int:
-    """The synthetic-model demo when its files are present and nothing asks for the random model, else the random
-    tiny model."""
-    synthetic_dir = model_dir or SYNTHETIC_MODEL_DIR
+             ratios=None, method: str | None = None, random_model: bool = False, n_images: int = 12,
+             arch: str = "qwen2_5_vl") -> int:
+    """The synthetic-model demo of ``arch`` when its files are present and nothing asks for the random model, else
+    the random tiny model of ``arch``."""
+    _check_arch(arch)
+    synthetic_dir = model_dir or SYNTHETIC_MODEL_DIRS[arch]
     if not random_model and synthetic_model_available(synthetic_dir):
         return run_synthetic_demo(synthetic_dir, n_images=n_images, ratios=ratios or SYNTHETIC_RATIOS,
-                                  methods=(method,) if method else SYNTHETIC_METHODS, max_tokens=max_tokens or 4)
+                                  methods=(method,) if method else SYNTHETIC_METHODS, max_tokens=max_tokens or 4,
+                                  results=SYNTHETIC_RESULTS[arch])
     if not random_model:
         print(f"[demo] no trained synthetic model in {synthetic_dir} (model.safetensors + scorer.safetensors): "
               "serving the random-weight tiny model instead", flush=True)
-    return run_random_demo(model_dir or DEFAULT_MODEL_DIR,
+    return run_random_demo(model_dir or default_random_model_dir(arch),
                            question or "What colour is the shape?", max_tokens or 12,
-                           ratios=ratios or DEFAULT_RATIOS, method=method or "uniform")
+                           ratios=ratios or DEFAULT_RATIOS, method=method or "uniform", arch=arch)

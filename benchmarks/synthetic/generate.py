@@ -1,6 +1,7 @@
 """Synthetic "what colour is the striped shape?" VQA data, built to mislead training-free token-pruning heuristics.
 
-Each image (224x224 by default, so 8x8 = 64 LLM tokens of 28 px) holds:
+Each image (224x224 by default, so 8x8 = 64 LLM tokens of 28 px; ``--arch qwen3_vl``: 256x256, 8x8 tokens of 32 px,
+every size scaled by 8/7, see ARCH_PRESETS) holds:
 
 - ONE target: a shape (circle, square or triangle, 34-46 px, i.e. 2-4 LLM tokens) filled with stripes that alternate
   a saturated palette colour (65% of each stripe pair) with white, at a random angle;
@@ -64,6 +65,7 @@ from PIL import Image, ImageDraw
 from vs_vllm.testing.tiny_models import to_jsonable
 
 __all__ = [
+    "ARCH_PRESETS",
     "DEFAULT_TASKS",
     "GENERATOR_VERSION",
     "PALETTE",
@@ -102,8 +104,27 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("solid", "hstripes", "vstripes", "dstripes", "checker", "dots", "noise", "outline")
 
-#: Pixels per LLM token side for Qwen2.5-VL (14 px patches, 2x2 merge).
+#: Pixels per LLM token side for Qwen2.5-VL (14 px patches, 2x2 merge); the default of ``SyntheticConfig.token_px``.
 TOKEN_PX = 28
+
+#: A target token needs this many of the target's coloured pixels in a 28-px cell (scaled by area for other cells).
+TOKEN_MIN_PIXELS = 20
+
+#: Generator settings per base-model architecture (``--arch``). Qwen3-VL reads 16-px patches with a 2x2 merge, i.e.
+#: 32 px per LLM token: 256x256 images give the same 8x8 = 64 LLM tokens as 224x224 gives Qwen2.5-VL, and every size
+#: is scaled by 256/224 = 8/7 (rounded), so each object covers the same share of the token grid (the target 1-4 LLM
+#: tokens) and the scene is the same task in the same token geometry.
+ARCH_PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {},
+    "qwen3_vl": {
+        "image_size": 256,
+        "token_px": 32,
+        "object_size": (39, 53),
+        "stripe_period": (7, 10),
+        "decoy_size": (30, 46),
+        "distractor_size": (30, 50),
+    },
+}
 
 #: Texture kinds a question can name (the others have no word).
 TEXTURE_WORDS = {"hstripes": "striped", "vstripes": "striped", "dstripes": "striped", "checker": "checkered",
@@ -123,6 +144,7 @@ class SyntheticConfig:
     """Generation knobs. Sizes are in pixels of the written image."""
 
     image_size: int = 224
+    token_px: int = TOKEN_PX  # pixels per LLM token side (28 for Qwen2.5-VL, 32 for Qwen3-VL): target_tokens' cells
     target_style: str = "striped"  # "striped" (colour/white stripes) or "solid" (the earlier scene)
     object_size: tuple[int, int] = (34, 46)  # target side / diameter range (inclusive)
     stripe_period: tuple[int, int] = (6, 9)  # pixels per colour + white stripe pair
@@ -149,6 +171,8 @@ class SyntheticConfig:
     def validate(self) -> None:
         if self.image_size < 56:
             raise ValueError(f"image_size must be >= 56, got {self.image_size}")
+        if not 1 <= self.token_px <= self.image_size:
+            raise ValueError(f"token_px must be in 1..image_size, got {self.token_px}")
         if self.target_style not in TARGET_STYLES:
             raise ValueError(f"target_style must be one of {list(TARGET_STYLES)}, got {self.target_style!r}")
         for name in ("object_size", "decoy_size", "distractor_size"):
@@ -304,14 +328,22 @@ def _place_object(rng: np.random.Generator, side_range: tuple[int, int], size: i
     return pos[0], pos[1], side, SHAPES[int(rng.integers(len(SHAPES)))]
 
 
-def _token_cells(mask_full: np.ndarray, min_pixels: int = 20) -> list[int]:
-    """Raster indices of the TOKEN_PX x TOKEN_PX cells holding at least ``min_pixels`` target pixels."""
+def token_min_pixels(token_px: int) -> int:
+    """Target pixels a ``token_px`` cell needs to count as a target token: TOKEN_MIN_PIXELS per 28x28 cell, by area
+    (20 at 28 px, 26 at 32 px), so the same share of a token is needed at every token size."""
+    return max(1, round(TOKEN_MIN_PIXELS * token_px * token_px / (TOKEN_PX * TOKEN_PX)))
+
+
+def _token_cells(mask_full: np.ndarray, token_px: int = TOKEN_PX, min_pixels: int | None = None) -> list[int]:
+    """Raster indices of the ``token_px`` x ``token_px`` cells holding at least ``min_pixels`` target pixels."""
+    if min_pixels is None:
+        min_pixels = token_min_pixels(token_px)
     size = mask_full.shape[0]
-    g = size // TOKEN_PX
+    g = size // token_px
     cells = []
     for r in range(g):
         for c in range(g):
-            if mask_full[r * TOKEN_PX:(r + 1) * TOKEN_PX, c * TOKEN_PX:(c + 1) * TOKEN_PX].sum() >= min_pixels:
+            if mask_full[r * token_px:(r + 1) * token_px, c * token_px:(c + 1) * token_px].sum() >= min_pixels:
                 cells.append(r * g + c)
     return cells
 
@@ -408,9 +440,10 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig,
         "shape": shape,
         **style,
         "bbox": [tx, ty, tx + side, ty + side],
-        "token_grid": [size // TOKEN_PX, size // TOKEN_PX],
-        # Cells with >= 20 pixels of the target's colour: the tokens from which its colour can be read.
-        "target_tokens": _token_cells(coloured_full),
+        "token_grid": [size // cfg.token_px, size // cfg.token_px],
+        # Cells with >= 20 pixels (per 28x28 px, scaled by area) of the target's colour: the tokens from which its
+        # colour can be read.
+        "target_tokens": _token_cells(coloured_full, cfg.token_px),
         "decoys": decoys,
         "distractors": distractors,
     }
@@ -563,27 +596,40 @@ def _pair(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+#: The knobs an arch preset sets (and their command-line options override).
+_GEOMETRY_KNOBS = ("image_size", "token_px", "object_size", "stripe_period", "decoy_size", "distractor_size")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=4000, help="train images (default: %(default)s)")
     p.add_argument("--test", type=int, default=500, help="test images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
+    p.add_argument("--arch", choices=sorted(ARCH_PRESETS), default="qwen2_5_vl",
+                   help="base-model architecture whose token geometry the defaults below follow (qwen3_vl: 256 px "
+                   "images, 32-px tokens, sizes scaled by 8/7); explicit size options override it")
+    p.add_argument("--image-size", type=int, default=None, help=f"default: {SyntheticConfig.image_size} (arch preset)")
+    p.add_argument("--token-px", type=int, default=None,
+                   help=f"pixels per LLM token side (default: {SyntheticConfig.token_px}, arch preset)")
     p.add_argument("--target-style", choices=TARGET_STYLES, default=SyntheticConfig.target_style,
                    help="striped target among coloured decoys, or the earlier solid target (needs --coloured-decoys 0)")
-    p.add_argument("--object-size", type=_pair, default=SyntheticConfig.object_size, help="target LO,HI pixels")
-    p.add_argument("--stripe-period", type=_pair, default=SyntheticConfig.stripe_period,
-                   help="LO,HI pixels per colour + white stripe pair")
+    p.add_argument("--object-size", type=_pair, default=None,
+                   help=f"target LO,HI pixels (default: {SyntheticConfig.object_size}, arch preset)")
+    p.add_argument("--stripe-period", type=_pair, default=None,
+                   help=f"LO,HI pixels per colour + white stripe pair (default: {SyntheticConfig.stripe_period}, "
+                   "arch preset)")
     p.add_argument("--stripe-duty", type=float, default=SyntheticConfig.stripe_duty,
                    help="coloured share of each stripe pair (default: %(default)s)")
     p.add_argument("--coloured-decoys", type=int, default=SyntheticConfig.coloured_decoys, help="per test image")
     p.add_argument("--train-coloured-decoys", type=_pair, default=SyntheticConfig.train_coloured_decoys,
                    help="LO,HI per train image, drawn uniformly (default: %(default)s)")
-    p.add_argument("--decoy-size", type=_pair, default=SyntheticConfig.decoy_size, help="LO,HI pixels")
+    p.add_argument("--decoy-size", type=_pair, default=None,
+                   help=f"LO,HI pixels (default: {SyntheticConfig.decoy_size}, arch preset)")
     p.add_argument("--distractor-count", type=int, default=SyntheticConfig.distractor_count,
                    help="achromatic distractors")
-    p.add_argument("--distractor-size", type=_pair, default=SyntheticConfig.distractor_size, help="LO,HI pixels")
+    p.add_argument("--distractor-size", type=_pair, default=None,
+                   help=f"LO,HI pixels (default: {SyntheticConfig.distractor_size}, arch preset)")
     p.add_argument("--white-fraction", type=float, default=SyntheticConfig.white_fraction)
     p.add_argument("--texture-strength", type=float, default=SyntheticConfig.texture_strength)
     p.add_argument("--colour-jitter", type=int, default=SyntheticConfig.colour_jitter)
@@ -591,14 +637,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"question types of the *_mixed files (default: %(default)s; known: {','.join(TASKS)}; "
                    "empty: no mixed files)")
     args = p.parse_args(argv)
+    # Geometry: the dataclass defaults, then the arch preset, then explicit options.
+    geometry = {k: getattr(SyntheticConfig, k) for k in _GEOMETRY_KNOBS}
+    geometry.update(ARCH_PRESETS[args.arch])
+    geometry.update({k: getattr(args, k) for k in _GEOMETRY_KNOBS if getattr(args, k) is not None})
     paths = generate_dataset(
         args.out_dir, args.train, args.test, args.seed, progress=True,
         tasks=[t for t in args.tasks.split(",") if t.strip()],
-        image_size=args.image_size, target_style=args.target_style, object_size=args.object_size,
-        stripe_period=args.stripe_period, stripe_duty=args.stripe_duty, coloured_decoys=args.coloured_decoys,
-        train_coloured_decoys=args.train_coloured_decoys, decoy_size=args.decoy_size,
-        distractor_count=args.distractor_count, distractor_size=args.distractor_size,
+        target_style=args.target_style, stripe_duty=args.stripe_duty, coloured_decoys=args.coloured_decoys,
+        train_coloured_decoys=args.train_coloured_decoys, distractor_count=args.distractor_count,
         white_fraction=args.white_fraction, texture_strength=args.texture_strength, colour_jitter=args.colour_jitter,
+        **geometry,
     )
     for k, v in paths.items():
         print(f"{k}: {v}")

@@ -1,4 +1,5 @@
-"""Train a small Qwen2.5-VL from scratch on the synthetic VQA data of generate.py (CPU, minutes).
+"""Train a small Qwen2.5-VL (or, with ``--arch qwen3_vl``, Qwen3-VL) from scratch on the synthetic VQA data of
+generate.py (CPU, minutes).
 
 The base model for the synthetic pruning benchmark: a random-init checkpoint from ``build_tiny_model`` (so vLLM's CPU
 backend serves it: text head_dim 64, mrope sections summing to 32) trained end to end (vision tower, merger and LLM)
@@ -10,10 +11,14 @@ Accuracy = greedy decoding reproduces the answer: with teacher forcing, the arg-
 the answer token (identical to greedy decoding whenever the answer is right). A held-out slice of the train split
 picks the checkpoint; the test split is scored once at the end (and a few samples with ``generate`` as a check).
 
+Qwen3-VL (``--arch qwen3_vl``) reads 16-px patches (32 px per LLM token), so its data is generated at 256x256
+(``generate.py --arch qwen3_vl``) for the same 8x8 LLM tokens; its one vision block also feeds a DeepStack level
+(added to the first LLM layer's output at the visual positions).
+
 Writes OUT_DIR/{config.json, model.safetensors, generation_config.json, tokenizer + processor files,
 training_info.json}: loadable by transformers and ``vs-vllm serve``.
 
-Usage: python benchmarks/synthetic/train_base.py --data DATA_DIR --out OUT_DIR [--time-budget-min 28]
+Usage: python benchmarks/synthetic/train_base.py --data DATA_DIR --out OUT_DIR [--arch qwen3_vl] [--time-budget-min 28]
 """
 
 from __future__ import annotations
@@ -56,13 +61,59 @@ DEFAULT_SIZES: dict[str, Any] = {
     "window_size": 112,
 }
 
-#: Files copied from the build directory next to the trained weights.
+#: Qwen3-VL at the same scale as DEFAULT_SIZES. The vision tower has no window attention (every block is global),
+#: its one block is also the one DeepStack level; the vision head_dim 64 (64 wide, one head) is one vLLM's CPU
+#: attention supports; the learned position table is 16x16, exactly the patch grid of a 256x256 image (no
+#: interpolation between table entries). mrope_section (12, 10, 10) is the released (24, 20, 20) halved for head_dim
+#: 64: with interleaved M-RoPE, height and width take 10 of the 32 frequencies each, time the remaining 12.
+QWEN3_VL_SIZES: dict[str, Any] = {
+    "text_hidden": 256,
+    "text_layers": 2,
+    "text_heads": 4,
+    "text_kv_heads": 2,
+    "text_intermediate": 256,
+    "mrope_section": (12, 10, 10),
+    "vision_depth": 1,
+    "vision_hidden": 64,
+    "vision_heads": 1,
+    "vision_intermediate": 128,
+    "deepstack_visual_indexes": (0,),
+    "num_position_embeddings": 256,
+}
+
+#: Base-model architectures: default sizes and the transformers class that trains (and loads) them.
+ARCHS: dict[str, tuple[dict[str, Any], str]] = {
+    "qwen2_5_vl": (DEFAULT_SIZES, "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": (QWEN3_VL_SIZES, "Qwen3VLForConditionalGeneration"),
+}
+
+
+def model_class(arch: str):
+    """The transformers class of a base-model ``arch`` (a key of ARCHS)."""
+    import transformers
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    return getattr(transformers, ARCHS[arch][1])
+
+
+def arch_of(model_dir: str | os.PathLike[str]) -> str:
+    """The base-model arch of a saved model directory (from config.json's model_type)."""
+    model_type = json.loads((Path(model_dir) / "config.json").read_text())["model_type"]
+    if model_type not in ARCHS:
+        raise ValueError(f"{model_dir}: model_type {model_type!r} is none of {', '.join(ARCHS)}")
+    return model_type
+
+
+#: Files copied from the build directory next to the trained weights (those that exist: Qwen3-VL adds the video
+#: processor config).
 PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
     "chat_template.json",
     "preprocessor_config.json",
+    "video_preprocessor_config.json",
     "vs_vllm_tiny_model.json",
 )
 
@@ -108,8 +159,9 @@ def load_images(records: Sequence[dict[str, Any]], root: Path) -> tuple[np.ndarr
 
 
 class Patchifier:
-    """uint8 [B, H, W, 3] -> (pixel_values [B*gh*gw, 3*2*14*14], grid_thw [B, 3]), as Qwen2VLImageProcessor does for
-    an image whose size needs no resizing (a multiple of 28 inside [min_pixels, max_pixels])."""
+    """uint8 [B, H, W, 3] -> (pixel_values [B*gh*gw, 3*2*P*P], grid_thw [B, 3]), as Qwen2VLImageProcessor does for
+    an image whose size needs no resizing (a multiple of P*merge inside [min_pixels, max_pixels]; P = 14 for
+    Qwen2.5-VL, 16 for Qwen3-VL)."""
 
     def __init__(self, processor_config: dict[str, Any]) -> None:
         self.mean = torch.tensor(processor_config["image_mean"]).view(1, 3, 1, 1)
@@ -117,8 +169,10 @@ class Patchifier:
         self.patch = int(processor_config["patch_size"])
         self.merge = int(processor_config["merge_size"])
         self.temporal = int(processor_config["temporal_patch_size"])
-        self.min_pixels = int(processor_config["min_pixels"])
-        self.max_pixels = int(processor_config["max_pixels"])
+        # Qwen3-VL's processor config states the pixel bounds only as size {shortest_edge, longest_edge}.
+        size = processor_config.get("size") or {}
+        self.min_pixels = int(processor_config.get("min_pixels", size.get("shortest_edge", 0)))
+        self.max_pixels = int(processor_config.get("max_pixels", size.get("longest_edge", 0)))
 
     def check_size(self, h: int, w: int) -> None:
         f = self.patch * self.merge
@@ -301,6 +355,7 @@ def train_base(
     train_file: str | None = None,
     init_model: str | os.PathLike[str] | None = None,
     sizes: dict[str, Any] | None = None,
+    arch: str = "qwen2_5_vl",
     seed: int = 0,
     steps: int = 4000,
     batch_size: int = 16,
@@ -333,7 +388,7 @@ def train_base(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from tqdm import tqdm
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from vs_vllm.testing.tiny_models import build_tiny_model
@@ -346,15 +401,19 @@ def train_base(
     t_start = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    model_cls = model_class(arch)
+    sizes = {**ARCHS[arch][0], **(sizes or {})}
+    if init_model is not None and arch_of(init_model) != arch:
+        raise ValueError(f"--init-model {init_model} is a {arch_of(init_model)} model, not {arch}")
     train_file = train_file or "train.jsonl"
 
     with tempfile.TemporaryDirectory(prefix="vs-base-init-") as init:
-        build_tiny_model(init, arch="qwen2_5_vl", seed=seed, sizes=sizes)
+        build_tiny_model(init, arch=arch, seed=seed, sizes=sizes)
         for name in PROCESSOR_FILES:
-            shutil.copy2(Path(init) / name, out / name)
+            if (Path(init) / name).is_file():
+                shutil.copy2(Path(init) / name, out / name)
         # --init-model continues from a trained checkpoint of the same sizes (e.g. a curriculum), else random init.
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(init_model or init), dtype=torch.float32)
+        model = model_cls.from_pretrained(str(init_model or init), dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(init)
     patchify = Patchifier(json.loads((out / "preprocessor_config.json").read_text()))
 
@@ -461,6 +520,7 @@ def train_base(
     model.save_pretrained(str(out), safe_serialization=True)
     info = {
         "data": str(data_dir),
+        "arch": arch,
         "train_file": train_file,
         "init_model": str(init_model) if init_model else None,
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
@@ -531,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="directory written by generate.py (train.jsonl, test.jsonl, images/)")
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="qwen2_5_vl",
+                   help="base-model architecture (default: %(default)s; qwen3_vl needs data from generate.py --arch "
+                   "qwen3_vl, 256x256 images)")
     p.add_argument("--train-file", default=None,
                    help="JSONL in --data to train on (default: train.jsonl; train_mixed.jsonl trains every task)")
     p.add_argument("--init-model", default=None, help="start from this trained model (same sizes) instead of random init")
@@ -543,7 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target-acc", type=float, default=0.99, help="stop once the held-out records reach it")
     p.add_argument("--time-budget-min", type=float, default=28.0, help="stop after this many minutes (wall clock)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sizes", default="{}", help="JSON overrides of the model sizes (QwenVLSizes fields)")
+    p.add_argument("--sizes", default="{}",
+                   help="JSON overrides of the model sizes (QwenVLSizes fields; defaults: DEFAULT_SIZES or "
+                   "QWEN3_VL_SIZES)")
     p.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--no-augment", action="store_true", help="no random flips / 90-degree rotations")
     p.add_argument("--curriculum", default=None, metavar="A,B",
@@ -553,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="torch threads (default: %(default)s; more threads stall badly on a shared, busy CPU)")
     args = p.parse_args(argv)
     info = train_base(
-        args.data, args.out, train_file=args.train_file, init_model=args.init_model, sizes=json.loads(args.sizes), seed=args.seed, steps=args.steps,
+        args.data, args.out, train_file=args.train_file, init_model=args.init_model, sizes=json.loads(args.sizes),
+        arch=args.arch, seed=args.seed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
         val_size=args.val_size, target_acc=args.target_acc, time_budget_min=args.time_budget_min,
         save_dtype=args.save_dtype, augment=not args.no_augment, curriculum=_fractions(args.curriculum), threads=args.threads,

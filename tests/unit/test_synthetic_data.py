@@ -205,3 +205,79 @@ def test_train_decoy_count_is_drawn_per_image(gen, tmp_path):
     assert test == [5, 5, 5]
     with pytest.raises(ValueError, match="train_coloured_decoys"):
         gen.generate_dataset(tmp_path / "bad", n_train=1, n_test=0, train_coloured_decoys=(3, 1))
+
+
+def test_qwen3_vl_preset_keeps_the_token_geometry(gen, tmp_path):
+    """Qwen3-VL data (256 px, 32-px LLM tokens): the same 8x8 grid, the target on a few of its tokens, as at 224 px
+    with Qwen2.5-VL's 28-px tokens."""
+    preset = gen.ARCH_PRESETS["qwen3_vl"]
+    assert preset["image_size"] == 256 and preset["token_px"] == 32
+    gen.generate_dataset(tmp_path, n_train=4, n_test=24, seed=7, tasks=(), **preset)
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    assert info["config"]["image_size"] == 256 and info["config"]["token_px"] == 32
+    assert gen.config_from_info(info) == gen.SyntheticConfig(**preset)
+    n_tokens = []
+    for rec in _read_jsonl(tmp_path / "test_eval.jsonl"):
+        meta = rec["meta"]
+        img = np.asarray(Image.open(tmp_path / rec["image"]).convert("RGB")).astype(int)
+        assert img.shape == (256, 256, 3) and meta["token_grid"] == [8, 8]
+        x0, y0, x1, y1 = meta["bbox"]
+        assert 39 <= x1 - x0 <= 53
+        hit = _colour_hits(img, meta["rgb"])
+        assert meta["target_tokens"] and all(0 <= c < 64 for c in meta["target_tokens"])
+        for cell in meta["target_tokens"]:
+            r, c = divmod(cell, 8)
+            # 20 target pixels per 28x28 cell, scaled by area.
+            assert hit[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32].sum() >= gen.token_min_pixels(32) == 26
+        n_tokens.append(len(meta["target_tokens"]))
+    # A median of about 4 tokens, as with Qwen2.5-VL (a box straddling cell borders can touch up to 9).
+    assert 2 <= float(np.median(n_tokens)) <= 5 and max(n_tokens) <= 9
+
+
+def test_generate_cli_arch_preset(gen, tmp_path):
+    assert gen.main([str(tmp_path / "q3"), "--arch", "qwen3_vl", "--train", "1", "--test", "1", "--tasks", ""]) == 0
+    cfg = json.loads((tmp_path / "q3" / "dataset.json").read_text())["config"]
+    assert (cfg["image_size"], cfg["token_px"], cfg["object_size"]) == (256, 32, [39, 53])
+    # An explicit option overrides the preset; without --arch the Qwen2.5-VL geometry is unchanged.
+    assert gen.main([str(tmp_path / "q3b"), "--arch", "qwen3_vl", "--object-size", "40,44", "--train", "1",
+                     "--test", "1", "--tasks", ""]) == 0
+    cfg = json.loads((tmp_path / "q3b" / "dataset.json").read_text())["config"]
+    assert (cfg["image_size"], cfg["object_size"]) == (256, [40, 44])
+    assert gen.main([str(tmp_path / "q25"), "--train", "1", "--test", "1", "--tasks", ""]) == 0
+    cfg = json.loads((tmp_path / "q25" / "dataset.json").read_text())["config"]
+    assert (cfg["image_size"], cfg["token_px"], cfg["object_size"]) == (224, 28, [34, 46])
+
+
+def _train_base_module():
+    import importlib.util
+    import sys
+
+    from vs_vllm.demo import SYNTHETIC_DIR
+
+    name = "vs_vllm_synthetic_train_base"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SYNTHETIC_DIR / "train_base.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("arch,size", [("qwen2_5_vl", 224), ("qwen3_vl", 256)])
+def test_train_base_patchify_matches_the_processor(arch, size, tmp_path):
+    """train_base.py's torch patchify reproduces each arch's image processor (Qwen3-VL: 16-px patches, mean/std 0.5,
+    pixel bounds only in ``size``), so the base model trains on what vLLM serves."""
+    from vs_vllm.testing.tiny_models import build_tiny_model
+
+    tb = _train_base_module()
+    build_tiny_model(tmp_path, arch=arch, seed=0, sizes=tb.ARCHS[arch][0])
+    patchify = tb.Patchifier(json.loads((tmp_path / "preprocessor_config.json").read_text()))
+    patchify.check_size(size, size)
+    u8 = np.random.default_rng(0).integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
+    tb._check_patchify_against_processor(tmp_path, patchify, u8)
+    pv, thw = patchify(u8)
+    assert thw.tolist() == [[1, size // patchify.patch, size // patchify.patch]] * 2
+    assert pv.shape[0] // 4 // 2 == 64  # 8x8 LLM tokens per image
+    assert tb.arch_of(tmp_path) == arch and tb.model_class(arch).__name__ == tb.ARCHS[arch][1]
+    with pytest.raises(ValueError, match="would be resized"):
+        patchify.check_size(size + 8, size)

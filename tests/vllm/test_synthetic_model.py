@@ -1,15 +1,21 @@
-"""The committed synthetic-benchmark model (benchmarks/synthetic/model) served by `vs-vllm serve` with its scorer.
+"""The committed synthetic-benchmark models (benchmarks/synthetic/model, Qwen2.5-VL, and model_qwen3_vl, Qwen3-VL)
+served by `vs-vllm serve` with their scorers.
 
-A model whose answers mean something: on fresh images (a generator seed nobody trained or tuned on) it answers the
-benchmark question with every visual token, and the learned scorer keeps the answer at ratio 0.1 where a content-blind
-selection loses it.
+Models whose answers mean something: on fresh images (a generator seed nobody trained or tuned on) each answers the
+benchmark question with every visual token, and its learned scorer keeps the answer at ratio 0.1 where a
+content-blind selection loses it. Also the Qwen3-VL pipeline end to end (``run_benchmark.py --quick --arch qwen3_vl``).
 """
 
 from __future__ import annotations
 
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from vs_vllm.demo import SYNTHETIC_MODEL_DIR, synthetic_model_available, synthetic_samples
+from vs_vllm.demo import SYNTHETIC_MODEL_DIR, SYNTHETIC_MODEL_DIRS, synthetic_model_available, synthetic_samples
 from vs_vllm.testing.client import openai_client
 
 pytestmark = pytest.mark.slow
@@ -61,3 +67,62 @@ def test_learned_selection_keeps_the_answer(synthetic_server, samples):
     # selection in ~40%.
     assert learned >= 11, f"visionselector: {learned}/{N_IMAGES} correct from 6 of 64 tokens"
     assert learned >= blind + 4, f"visionselector {learned} vs random {blind} of {N_IMAGES}"
+
+
+# ---- Qwen3-VL ------------------------------------------------------------------------------------------------------
+
+QWEN3_VL_DIR = SYNTHETIC_MODEL_DIRS["qwen3_vl"]
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl_samples():
+    # Drawn with the model's own dataset.json: 256x256 images, 32-px tokens.
+    return synthetic_samples(N_IMAGES, SEED, QWEN3_VL_DIR)
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl_server(start_plugin_server):
+    assert synthetic_model_available(QWEN3_VL_DIR), f"the committed model is missing from {QWEN3_VL_DIR}"
+    return start_plugin_server(QWEN3_VL_DIR, scorer=QWEN3_VL_DIR / "scorer.safetensors")
+
+
+def test_qwen3_vl_answers_with_every_visual_token(qwen3_vl_server, qwen3_vl_samples):
+    hits, kept = _correct(qwen3_vl_server, qwen3_vl_samples, 1.0, "visionselector")
+    assert kept == {64}
+    assert hits >= N_IMAGES - 2, f"{hits}/{N_IMAGES} correct with all 64 visual tokens"
+
+
+def test_qwen3_vl_learned_selection_keeps_the_answer(qwen3_vl_server, qwen3_vl_samples):
+    learned, kept = _correct(qwen3_vl_server, qwen3_vl_samples, 0.1, "visionselector")
+    blind, _ = _correct(qwen3_vl_server, qwen3_vl_samples, 0.1, "random")
+    assert kept == {6}
+    # benchmarks/results/synthetic_qwen3_vl_accuracy.md: the scorer answers far more often than random at ratio 0.1.
+    assert learned >= 11, f"visionselector: {learned}/{N_IMAGES} correct from 6 of 64 tokens"
+    assert learned >= blind + 4, f"visionselector {learned} vs random {blind} of {N_IMAGES}"
+
+
+def test_run_benchmark_quick_qwen3_vl(tmp_path):
+    """The whole synthetic pipeline with a Qwen3-VL base model on a few images: 256 px data, train_base.py --arch
+    qwen3_vl, `vs-vllm train`, target-kept analysis, serve and eval; results under the qwen3_vl name."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic" / "run_benchmark.py"
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--arch", "qwen3_vl", "--artifacts", str(tmp_path / "artifacts"),
+         "--results-dir", str(results), "--ratios", "1.0,0.2", "--methods", "visionselector,norm"],
+        capture_output=True, text=True, timeout=900,
+    )
+    if proc.returncode != 0:
+        (tmp_path / "run_benchmark.out").write_text(proc.stdout + "\n---- stderr ----\n" + proc.stderr)
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error" in ln.lower()]
+        pytest.fail(f"run_benchmark --quick --arch qwen3_vl exited {proc.returncode}; see "
+                    f"{tmp_path / 'run_benchmark.out'}; " + "\n".join(errors[-10:]))
+    rows = list(csv.DictReader(open(results / "synthetic_qwen3_vl_accuracy.csv")))
+    assert [(r["method"], float(r["ratio"])) for r in rows] == [
+        ("visionselector", 1.0), ("visionselector", 0.2), ("norm", 1.0), ("norm", 0.2)]
+    md = (results / "synthetic_qwen3_vl_accuracy.md").read_text()
+    assert "Qwen3-VL from scratch" in md and "--arch qwen3_vl" in md and "## Target kept" in md
+    assert (tmp_path / "artifacts" / "base-model" / "config.json").read_text().count('"qwen3_vl"') >= 1
+    assert '"image_size": 256' in (tmp_path / "artifacts" / "data" / "dataset.json").read_text()
+    kept = list(csv.DictReader(open(results / "synthetic_qwen3_vl_target_kept.csv")))
+    assert {(r["method"], r["ratio"]) for r in kept} >= {("visionselector", "0.2"), ("norm", "0.2")}
+    assert not (results / "synthetic_accuracy.csv").exists()
