@@ -40,7 +40,7 @@ clean:
 
 # Prefill benchmark through vLLM's OpenAI server: stock vLLM vs vs-vllm across retention ratios, image sizes and
 # concurrency (benchmarks/prefill/). Needs a quiet machine: results go to benchmarks/results/prefill_cpu.*.
-.PHONY: bench-prefill bench-prefill-quick
+.PHONY: bench-prefill bench-prefill-quick bench-prefill-video
 BENCH_ARGS ?=
 
 bench-prefill: setup
@@ -50,6 +50,11 @@ bench-prefill: setup
 # .cache/bench-prefill-quick/ unless BENCH_ARGS sets --out-dir.
 bench-prefill-quick: setup
 	@$(VPY) -m vs_vllm bench prefill --quick $(BENCH_ARGS)
+
+# The same sweep with one 16- or 32-frame video per request (video_retention_ratio 1 / 0.3 / 0.1), ~6 min;
+# results go to benchmarks/results/prefill_video_cpu.*.
+bench-prefill-video: setup
+	@$(VPY) -m vs_vllm bench prefill --workload video --video-frames 16,32 $(BENCH_ARGS)
 
 # Synthetic visual-QA benchmark (benchmarks/synthetic/): generate data, train a small model from scratch, train its
 # scorer, evaluate every method at every ratio through `vs-vllm serve`; results go to benchmarks/results/synthetic_*.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,8 @@ from vs_vllm.benchmarking.flops import (
 )
 from vs_vllm.benchmarking.model import BENCH_SIZES, IMAGE_SIZES, MAIN_IMAGE, TEXT_BEFORE, TEXT_TOKENS, bench_arch
 from vs_vllm.benchmarking.stats import percentile, summarize
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _small_arch(**kw) -> QwenVLArch:
@@ -272,3 +275,171 @@ def test_report_from_synthetic_rows(tmp_path) -> None:
         assert needle in text, needle
     assert (tmp_path / "prefill_cpu_ttft.png").stat().st_size > 1000
     assert (tmp_path / "prefill_cpu_throughput.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------- video workload
+
+
+def test_video_grid_pairs_frames_and_pads_an_odd_count() -> None:
+    from vs_vllm.benchmarking.flops import video_grid
+
+    a = bench_arch()
+    lo, hi = BENCH_SIZES["min_pixels"], BENCH_SIZES["max_pixels"]
+    assert video_grid(a, 224, 224, 16, lo, hi) == (8, 16, 16)
+    assert video_grid(a, 224, 224, 15, lo, hi) == (8, 16, 16)  # the last frame is repeated to fill the patch
+    assert video_grid(a, 224, 224, 1, lo, hi) == (1, 16, 16)
+    assert video_grid(a, 448, 252, 32, lo, hi) == (16, *image_grid(a, 448, 252, lo, hi)[1:])
+    with pytest.raises(ValueError):
+        video_grid(a, 224, 224, 0)
+
+
+def test_video_grid_matches_the_hf_video_processor() -> None:
+    """The FLOP model's grid is the one transformers' Qwen2-VL video processor produces (frames not sampled)."""
+    import numpy as np
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from vs_vllm.benchmarking.flops import video_grid
+
+    a = bench_arch()
+    lo, hi = BENCH_SIZES["min_pixels"], BENCH_SIZES["max_pixels"]
+    proc = Qwen2VLVideoProcessor(size={"shortest_edge": lo, "longest_edge": hi})
+    for w, h, f in ((224, 224, 4), (130, 100, 5), (300, 170, 2)):
+        frames = np.zeros((f, h, w, 3), dtype=np.uint8)
+        out = proc(videos=[frames], do_sample_frames=False, return_tensors="pt")
+        assert tuple(out["video_grid_thw"][0].tolist()) == video_grid(a, w, h, f, lo, hi), (w, h, f)
+
+
+def test_video_vision_flops_scale_with_temporal_patches_and_llm_tokens_count_like_image_tokens() -> None:
+    from vs_vllm.benchmarking.flops import Media
+
+    a = bench_arch()
+    one = vision_flops(a, (1, 16, 16))
+    eight = vision_flops(a, (8, 16, 16))
+    for part in ("patch_embed", "linear", "attention", "merger", "total"):
+        assert eight[part] == pytest.approx(8 * one[part])  # no attention group spans two temporal slices
+    m = Media(224, 224, 16)
+    grid = m.grid(a, BENCH_SIZES["min_pixels"], BENCH_SIZES["max_pixels"])
+    s = prefill_split(a, grid, TEXT_TOKENS, text_before=TEXT_BEFORE)
+    assert s.visual_tokens == m.tokens(a, BENCH_SIZES["min_pixels"], BENCH_SIZES["max_pixels"]) == 512
+    # In the LLM a video token costs what an image token costs: same totals as an image prompt of as many tokens.
+    assert s.llm_visual + s.llm_text == pytest.approx(
+        sum(llm_flops(a, TEXT_BEFORE, 512, TEXT_TOKENS - TEXT_BEFORE)[k] for k in ("visual", "text")))
+    # Pruning leaves the ViT term alone, so the ceiling stays below the pure token ratio.
+    pruned = prefill_split(a, grid, TEXT_TOKENS, keep=51, text_before=TEXT_BEFORE)
+    assert pruned.vision == s.vision
+    assert 1.0 < s.total / pruned.total < (512 + TEXT_TOKENS) / (51 + TEXT_TOKENS)
+
+
+def test_media_labels_round_trip() -> None:
+    from vs_vllm.benchmarking.flops import Media
+
+    for m in (Media(896, 504), Media(224, 224, 16), Media(84, 140, 3)):
+        assert Media.parse(m.label) == m
+    assert Media(224, 224, 16).label == "16f@224x224" and Media(224, 224, 16).kind == "video"
+    assert Media(896, 504).label == "896x504" and Media(896, 504).kind == "image"
+    for bad in ("16f@224", "x@224x224", "224", "ff@1x1"):
+        with pytest.raises(ValueError):
+            Media.parse(bad)
+
+
+def _video_args(*argv: str):
+    import argparse
+
+    from vs_vllm.benchmarking.prefill import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--workload", "video", *argv])
+
+
+def test_video_workload_arguments() -> None:
+    from vs_vllm.benchmarking.prefill import config_from_args
+
+    cfg, out = config_from_args(_video_args())
+    assert [m.label for m in cfg.media()] == ["16f@224x224"]
+    assert cfg.ratios == [1.0, 0.3, 0.1] and cfg.concurrencies == [1, 4] and cfg.repeats == 3
+    assert cfg.stem == "prefill_video_cpu" and out == Path("benchmarks/results")
+    args = cfg.server_args()
+    assert args[args.index("--limit-mm-per-prompt") + 1] == '{"image": 0, "video": 1}'
+    cfg, out = config_from_args(_video_args("--quick"))
+    assert [m.label for m in cfg.media()] == ["8f@224x224"] and cfg.eager and cfg.quick
+    assert out == Path(".cache/bench-prefill-quick")
+    cfg, out = config_from_args(_video_args("--quick", "--out-dir", str(REPO / "benchmarks" / "results")))
+    assert out.name == "quick"  # a smoke run never lands on the committed results
+    cfg, _ = config_from_args(_video_args("--video-frames", "16,64", "--video-size", "224x224,112x84",
+                                          "--video-ratio-field", "retention_ratio"))
+    assert [m.label for m in cfg.media()] == ["16f@224x224", "64f@224x224", "16f@112x84", "64f@112x84"]
+    assert cfg.max_model_len >= 2048 // 4 * 4 + TEXT_TOKENS  # 64 frames: 2048 visual tokens plus the text
+    assert cfg.max_num_batched_tokens == cfg.max_model_len and cfg.video_ratio_field == "retention_ratio"
+    with pytest.raises(ValueError):
+        config_from_args(_video_args("--sizes", "896x504"))
+    with pytest.raises(ValueError):
+        config_from_args(_video_args("--video-frames", "0"))
+
+
+def test_video_payloads_are_fresh_and_carry_the_video_ratio() -> None:
+    import base64
+
+    from vs_vllm.benchmarking.flops import Media
+    from vs_vllm.benchmarking.prefill import PayloadFactory, Slot, config_from_args
+
+    cfg, _ = config_from_args(_video_args())
+    factory = PayloadFactory(cfg)
+    media = Media(28, 28, 3)
+    plugin = factory.make(2, media, Slot("plugin", 0.3))
+    stock = factory.make(1, media, Slot("stock", None))
+    urls = []
+    for p in plugin + stock:
+        part = p["messages"][0]["content"][0]
+        assert part["type"] == "video_url"
+        url = part["video_url"]["url"]
+        assert url.startswith("data:video/jpeg;base64,")
+        frames = url.split(",", 1)[1].split(",")
+        assert len(frames) == 3 and all(base64.b64decode(f)[:2] == b"\xff\xd8" for f in frames)  # JPEG SOI
+        urls.append(url)
+        assert p["max_tokens"] == 1 and p["stream"] and p["ignore_eos"]
+    assert len(set(urls)) == 3  # a fresh video per request
+    assert plugin[0]["video_retention_ratio"] == 0.3 and "retention_ratio" not in plugin[0]
+    assert "video_retention_ratio" not in stock[0] and "selection_method" not in stock[0]
+
+
+def test_video_report_from_synthetic_rows(tmp_path) -> None:
+    from dataclasses import asdict
+
+    from vs_vllm.benchmarking.report import Summary, flop_ceiling_at, write_report
+
+    runs, requests = _synthetic_rows()
+    for r in runs:  # the same numbers, as a 16-frame video of 512 tokens
+        r["video"] = "16f@224x224"
+        del r["image"]
+        r["visual_tokens"] = 512
+        r["visual_kept"] = {"stock": 512, "r=1": 512}.get(r["config"], 51)
+    summary = Summary(runs, requests)
+    assert summary.images == ["16f@224x224"] and summary.kind == "video"
+    comp = {"image": "16f@224x224", "visual_tokens": 512, "text_tokens": 62, "t_proc": 0.03, "t_enc": 0.3,
+            "t_llm": 0.6, "t_llm_at": {"51": 0.1}, "threads": 1, "repeats": 3}
+    meta = {
+        "machine": {"cpu": "test CPU", "logical_cpus": 2, "cpus_available": 2, "mem_gib": 1, "os": "x",
+                    "python": "3", "simd_flags": "avx2", "loadavg_start": [9.5, 0, 0]},
+        "loadavg_end": [1.0, 1.0, 1.0],
+        "versions": {"vllm": "0"}, "config": {"ratios": [1.0, 0.1], "method": "visionselector",
+                                              "concurrencies": [1, 4], "repeats": 2, "min_requests": 3,
+                                              "requests_per_slot": 3, "image_format": "JPEG", "together": True,
+                                              "dtype": "float32", "eager": True, "quick": False,
+                                              "video_ratio_field": "video_retention_ratio", "video_quality": 75},
+        "arch": asdict(bench_arch()), "model_config": dict(BENCH_SIZES), "kv_bytes_per_token": 6144,
+        "components": [comp], "command": "vs-vllm bench prefill --workload video",
+        "server_commands": {"stock": "vllm serve"}, "workload": "video", "stem": "prefill_video_cpu",
+        "payload_kib": {"16f@224x224": 123.4},
+    }
+    fc = flop_ceiling_at(meta, "16f@224x224", 51, 62)
+    assert 1.0 < fc < (512 + 62) / (51 + 62)
+    path = write_report(tmp_path, runs, requests, meta)
+    assert path.name == "prefill_video_cpu.md"
+    text = path.read_text()
+    for needle in ("# Video prefill on CPU", "16f@224x224, concurrency 1", "8x16x16 → 512", "FLOP ceiling",
+                   f"{fc:.2f}", f"{2.0 / fc:.0%}", "video_retention_ratio", "Qwen2.5-VL-7B on the same videos",
+                   "get_video_features", "Loaded machine", "123.4 KiB"):
+        assert needle in text, needle
+    assert (tmp_path / "prefill_video_cpu_ttft.png").stat().st_size > 1000
+    assert (tmp_path / "prefill_video_cpu_throughput.png").stat().st_size > 1000

@@ -1,5 +1,5 @@
-"""Smoke tests of the prefill benchmarks: the sweep's client loop against a real `vs-vllm serve`, and the GPU script's
---tiny path on the CPU."""
+"""Smoke tests of the prefill benchmarks: the sweep's client loop against a real `vs-vllm serve` (image and video
+workloads), and the GPU script's --tiny path on the CPU."""
 
 from __future__ import annotations
 
@@ -44,6 +44,38 @@ def test_sweep_client_loop_against_plugin_server(plugin_server, tiny_model_dir: 
     assert by_key[("r=1", 1)]["prompt_tokens"] - by_key[("r=0.25", 1)]["prompt_tokens"] == n - keep_count(n, 0.25)
     for q in requests:
         assert q["ok"] == 1 and q["ttft_ms"] > 0 and q["visual_total"] == n
+
+
+def test_video_sweep_against_plugin_server(plugin_server, tiny_model_dir: Path) -> None:
+    """The video workload: one fresh ``data:video/jpeg`` video per request, pruned through video_retention_ratio."""
+    from vs_vllm.benchmarking.flops import Media
+    from vs_vllm.benchmarking.prefill import PayloadFactory, Slot, SweepConfig, _visual_tokens, run_sweep
+    from vs_vllm.selection.budget import keep_count
+
+    cfg = SweepConfig(
+        image_sizes=[], ratios=[1.0, 0.25], concurrencies=[2], repeats=1, min_requests=2, requests_per_slot=1,
+        warmup_requests=1, served_model_name="tiny", switch_pause_s=0.0, workload="video", video_frames=[5],
+        video_sizes=[(112, 84)],
+    )
+    assert [m.label for m in cfg.media()] == ["5f@112x84"]
+    n = _visual_tokens(tiny_model_dir, Media(112, 84, 5))
+    assert n == 3 * 6 * 8 // 4  # 5 frames -> 3 temporal patches of 6x8 patches, 2x2 merge
+    slots = [Slot("plugin", r) for r in cfg.ratios]
+    warnings: list[str] = []
+    runs, requests = run_sweep(cfg, tiny_model_dir, {"plugin": plugin_server}, slots, PayloadFactory(cfg),
+                               log=lambda msg: warnings.append(msg) if "WARNING" in msg else None)
+    assert not warnings  # prompt lengths agree with the predicted N and the kept counts
+    by_config = {r["config"]: r for r in runs}
+    assert set(by_config) == {"r=1", "r=0.25"}
+    for config, row in by_config.items():
+        assert row["ok"] == row["requests"] == 2 and row["failed"] == 0, row
+        assert row["video"] == "5f@112x84" and "image" not in row
+        assert row["visual_tokens"] == n
+        assert row["visual_kept"] == (n if config == "r=1" else keep_count(n, 0.25))
+        assert row["ttft_p50_ms"] > 0 and row["req_per_s"] > 0 and row["srv_prefill_ms"] > 0
+    # Pruning the video shortens the prompt by exactly N - K tokens.
+    assert by_config["r=1"]["prompt_tokens"] - by_config["r=0.25"]["prompt_tokens"] == n - keep_count(n, 0.25)
+    assert all(q["ok"] == 1 and q["video"] == "5f@112x84" for q in requests)
 
 
 def _load_gpu_script():

@@ -1,10 +1,10 @@
 """The benchmark's load generator: a closed-loop asyncio client for vLLM's OpenAI chat endpoint (aiohttp).
 
-Each request is a streamed ``/v1/chat/completions`` call with one image, ``max_tokens=1`` and ``ignore_eos``, so the
-time to the first streamed chunk is the prefill (vLLM sends nothing before the first token exists). ``concurrency``
-workers take prebuilt payloads from a queue until it is empty. While a run is in flight a side task polls
-``/metrics`` for the peak ``vllm:kv_cache_usage_perc``; the server's own histograms (queue, prefill, TTFT) are read
-before and after the run and their deltas give the server-side means over the run.
+Each request is a streamed ``/v1/chat/completions`` call with one image or video, ``max_tokens=1`` and
+``ignore_eos``, so the time to the first streamed chunk is the prefill (vLLM sends nothing before the first token
+exists). ``concurrency`` workers take prebuilt payloads from a queue until it is empty. While a run is in flight a
+side task polls ``/metrics`` for the peak ``vllm:kv_cache_usage_perc``; the server's own histograms (queue, prefill,
+TTFT) are read before and after the run and their deltas give the server-side means over the run.
 """
 
 from __future__ import annotations
@@ -62,13 +62,18 @@ class RunResult:
         return [r for r in self.results if r.ok]
 
 
-def build_payload(model: str, image_url: str, question: str, *, extra: Mapping[str, Any] | None = None,
-                  max_tokens: int = 1) -> dict[str, Any]:
-    """A streamed single-image chat request that stops after ``max_tokens`` tokens whatever they are."""
+def build_payload(model: str, media_url: str, question: str, *, extra: Mapping[str, Any] | None = None,
+                  max_tokens: int = 1, kind: str = "image") -> dict[str, Any]:
+    """A streamed chat request with one image (``kind="image"``) or one video (``kind="video"``: a
+    ``data:video/jpeg;base64,<frame>,...`` URL) before the question, that stops after ``max_tokens`` tokens whatever
+    they are."""
+    if kind not in ("image", "video"):
+        raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    part = f"{kind}_url"  # OpenAI content part types: image_url, video_url (vLLM's extension)
     payload: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_url}},
+            {"type": part, part: {"url": media_url}},
             {"type": "text", "text": question},
         ]}],
         "max_tokens": max_tokens,

@@ -1,8 +1,9 @@
 """Time the parts of one prefill separately in transformers (CPU or GPU): preprocessing, vision tower, LLM prefill.
 
 These give the Amdahl ceiling of pruning (only the LLM part shrinks with the kept tokens). The vision tower is timed
-through ``model.model.get_image_features``, the LLM through ``model.model.language_model`` on the prompt embeddings
-(plus the LM head on the last token, as vLLM computes logits for it only), with the same weights vLLM serves.
+through ``model.model.get_image_features`` (``get_video_features`` for a video), the LLM through
+``model.model.language_model`` on the prompt embeddings (plus the LM head on the last token, as vLLM computes logits
+for it only), with the same weights vLLM serves.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vs_vllm.benchmarking.flops import Media
+
 __all__ = ["ComponentTimes", "time_components"]
 
 
 @dataclass
 class ComponentTimes:
-    """Median wall times (seconds) for one image size."""
+    """Median wall times (seconds) for one image size or video."""
 
-    image: str  # "WxH"
+    image: str  # the media label: "WxH" for an image, "<frames>f@WxH" for a video
     visual_tokens: int  # N
     text_tokens: int
     t_proc: float  # HF processor (resize, normalize, patchify, tokenize)
@@ -44,7 +47,7 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> flo
 
 def time_components(
     model_dir: str | Path,
-    image_sizes: Sequence[tuple[int, int]],
+    image_sizes: Sequence[tuple[int, int] | Media],
     question: str,
     *,
     keeps_for: Callable[[int], Sequence[int]] = lambda n: (),
@@ -52,13 +55,14 @@ def time_components(
     repeats: int = 5,
     log=print,
 ) -> list[ComponentTimes]:
-    """Median component times per image size (fp32, CPU). ``keeps_for(N)`` lists the kept-token counts K at which the
-    LLM prefill is also measured directly (to check how linear it is in K)."""
+    """Median component times per media item (fp32, CPU): ``(w, h)`` tuples or :class:`Media` (images or videos).
+    ``keeps_for(N)`` lists the kept-token counts K at which the LLM prefill is also measured directly (to check how
+    linear it is in K)."""
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
-    from vs_vllm.testing.images import noise_image
+    from vs_vllm.testing.images import noise_image, noise_video
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -69,19 +73,30 @@ def time_components(
         selector = QwenVLSelector(model)
         lm, head = model.model.language_model, model.lm_head
         out: list[ComponentTimes] = []
-        for w, h in image_sizes:
-            image = noise_image(w, h, seed=12345 + w)
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        for item in image_sizes:
+            media = item if isinstance(item, Media) else Media(*item)
+            w, h = media.width, media.height
+            messages = [{"role": "user", "content": [{"type": media.kind}, {"type": "text", "text": question}]}]
             text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if media.frames:
+                video = noise_video(w, h, media.frames, seed=12345 + w)
+                # All frames at vLLM's frame rate for data:video/jpeg (JpegVideo.metadata), none sampled away: the
+                # processor then sees exactly what the server's does.
+                media_kw = {"videos": [video.frames()], "video_metadata": [video.metadata()],
+                            "do_sample_frames": False}
+                pixels, grid_key, encode = "pixel_values_videos", "video_grid_thw", model.model.get_video_features
+            else:
+                media_kw = {"images": [noise_image(w, h, seed=12345 + w)]}
+                pixels, grid_key, encode = "pixel_values", "image_grid_thw", model.model.get_image_features
 
-            def process(text=text, image=image):
-                return processor(text=[text], images=[image], return_tensors="pt")
+            def process(text=text, media_kw=media_kw):
+                return processor(text=[text], return_tensors="pt", **media_kw)
 
             t_proc = _median_time(process, repeats)
             inputs = process()
-            pv, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+            pv, grid = inputs[pixels], inputs[grid_key]
             with torch.inference_mode():
-                t_enc = _median_time(lambda pv=pv, grid=grid: model.model.get_image_features(pv, grid), repeats)
+                t_enc = _median_time(lambda pv=pv, grid=grid, encode=encode: encode(pv, grid), repeats)
                 full = selector.prepare(inputs, ratio=1.0)
                 n = full.visual_total
                 text_tokens = full.prompt_tokens - n
@@ -98,7 +113,7 @@ def time_components(
                         continue
                     pruned = selector.prepare(inputs, ratio=k / n + 1e-9, method="uniform")
                     at[pruned.visual_kept] = _median_time(lambda p=pruned: prefill(p), repeats)
-            row = ComponentTimes(f"{w}x{h}", n, text_tokens, t_proc, t_enc, t_llm, at, torch.get_num_threads(),
+            row = ComponentTimes(media.label, n, text_tokens, t_proc, t_enc, t_llm, at, torch.get_num_threads(),
                                  repeats)
             log(f"[bench] HF components {row.image}: N={n} text={text_tokens} proc {t_proc * 1e3:.0f} ms, "
                 f"ViT {t_enc * 1e3:.0f} ms, LLM {t_llm * 1e3:.0f} ms ({row.threads} thread(s))")

@@ -12,6 +12,12 @@ Counting rules (the same as ``anchors.md`` §6, so the 7B numbers there are repr
 ViT window geometry: ``window_size`` pixels per side = ``window_size / patch`` patches, cut on the merged grid (as the
 model does), so edge windows are partial; blocks in ``fullatt_block_indexes`` attend over the whole image.
 
+Videos: the processor resizes every frame as it would an image and stacks ``temporal_patch_size`` frames per patch
+(padding an odd count with the last frame), so a video is a grid ``(t, h, w)`` with ``t = ceil(frames / 2)``. Every
+ViT attention group (window or full) stays within one temporal slice, so the ViT cost is ``t`` times that of one
+slice; in the LLM the ``t * h * w / merge^2`` video tokens cost exactly what as many image tokens would. Pruning
+removes LLM tokens only: the ViT term is the same at every retention ratio.
+
 Pure Python (no torch), so the GPU script, the tests and the report all share it.
 """
 
@@ -24,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "FlopSplit",
+    "Media",
     "QwenVLArch",
     "amdahl_ceiling",
     "flop_ceiling",
@@ -31,6 +38,7 @@ __all__ = [
     "llm_flops",
     "prefill_split",
     "smart_resize",
+    "video_grid",
     "vision_flops",
     "window_sizes",
 ]
@@ -131,6 +139,59 @@ def image_grid(arch: QwenVLArch, width: int, height: int, min_pixels: int = 56 *
     return 1, h // arch.patch_size, w // arch.patch_size
 
 
+def video_grid(arch: QwenVLArch, width: int, height: int, frames: int, min_pixels: int = 56 * 56,
+               max_pixels: int = 28 * 28 * 1280) -> tuple[int, int, int]:
+    """Patch grid ``(t, h, w)`` of a video of ``frames`` frames of ``width`` x ``height`` pixels, all frames kept
+    (``do_sample_frames=False``, as for ``data:video/jpeg`` URLs in vLLM): frames resized like images, and
+    ``temporal_patch_size`` frames per temporal patch, an incomplete last patch padded (so 15 frames cost as 16)."""
+    if frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {frames}")
+    _, h, w = image_grid(arch, width, height, min_pixels, max_pixels)
+    return -(-frames // arch.temporal_patch_size), h, w
+
+
+@dataclass(frozen=True)
+class Media:
+    """One benchmark media item: a still image (``frames == 0``) or a video of ``frames`` frames, ``width`` x
+    ``height`` pixels each. Its label is the key in the result files: ``896x504`` or ``16f@224x224``."""
+
+    width: int
+    height: int
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1 or self.frames < 0:
+            raise ValueError(f"bad media size {self.width}x{self.height}, {self.frames} frames")
+
+    @property
+    def kind(self) -> str:
+        return "video" if self.frames else "image"
+
+    @property
+    def label(self) -> str:
+        size = f"{self.width}x{self.height}"
+        return f"{self.frames}f@{size}" if self.frames else size
+
+    @classmethod
+    def parse(cls, label: str) -> Media:
+        """Inverse of :attr:`label`."""
+        frames, _, size = label.strip().rpartition("f@")
+        w, sep, h = size.partition("x")
+        if not sep or not w.isdigit() or not h.isdigit() or (frames and not frames.isdigit()):
+            raise ValueError(f"media label must look like 896x504 or 16f@224x224, got {label!r}")
+        return cls(int(w), int(h), int(frames or 0))
+
+    def grid(self, arch: QwenVLArch, min_pixels: int = 56 * 56,
+             max_pixels: int = 28 * 28 * 1280) -> tuple[int, int, int]:
+        if self.frames:
+            return video_grid(arch, self.width, self.height, self.frames, min_pixels, max_pixels)
+        return image_grid(arch, self.width, self.height, min_pixels, max_pixels)
+
+    def tokens(self, arch: QwenVLArch, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> int:
+        """Visual tokens the LLM sees unpruned (N)."""
+        return math.prod(self.grid(arch, min_pixels, max_pixels)) // arch.spatial_merge_size**2
+
+
 def _window_extents(length: int, window: int) -> list[int]:
     full, rest = divmod(length, window)
     return [window] * full + ([rest] if rest else [])
@@ -149,7 +210,8 @@ def window_sizes(arch: QwenVLArch, grid_thw: Sequence[int]) -> list[int]:
 
 
 def vision_flops(arch: QwenVLArch, grid_thw: Sequence[int]) -> dict[str, float]:
-    """FLOPs of the vision tower (patch embedding, blocks, merger) for one image with patch grid ``(t, h, w)``."""
+    """FLOPs of the vision tower (patch embedding, blocks, merger) for one image or video with patch grid ``(t, h, w)``
+    (attention groups never span temporal slices, so a video costs ``t`` times one slice)."""
     t, h, w = (int(v) for v in grid_thw)
     p = t * h * w
     hv, iv = arch.vision_hidden, arch.vision_intermediate
@@ -224,8 +286,8 @@ class FlopSplit:
 
 def prefill_split(arch: QwenVLArch, grid_thw: Sequence[int], text_tokens: int, *, keep: int | None = None,
                   text_before: int | None = None) -> FlopSplit:
-    """The FLOP split of one single-image request with ``text_tokens`` text tokens and ``keep`` visual tokens kept
-    (default: all). The image sits after ``text_before`` text tokens (default: all but 10 of the text, as in a chat
+    """The FLOP split of one single-image (or single-video: ``grid_thw`` from :func:`video_grid`) request with
+    ``text_tokens`` text tokens and ``keep`` visual tokens kept (default: all). The image sits after ``text_before`` text tokens (default: all but 10 of the text, as in a chat
     template with a system prompt: the question follows the image)."""
     m2 = arch.spatial_merge_size**2
     n = int(math.prod(grid_thw)) // m2

@@ -10,6 +10,11 @@ Definitions used throughout:
 - Ceiling (+ fixed overhead): the same bound applied to the measured stock TTFT. Its engine part (vLLM's
   ``request_prefill_time``) is split between ViT and LLM in the transformers proportion; the rest (HTTP, image
   decoding and preprocessing, scheduling) is a fixed cost pruning cannot touch.
+- FLOP ceiling (video workload, and the FLOP table of both): FLOPs(all N visual tokens) / FLOPs(K kept) from the
+  analytic model (:mod:`vs_vllm.benchmarking.flops`), the vision tower counted on both sides (pruning leaves it as is).
+
+The same code reports the image workload (``prefill_cpu.*``, media labels ``WxH``) and the video workload
+(``prefill_video_cpu.*``, labels ``<frames>f@WxH``, the CSV column ``video`` instead of ``image``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,53 @@ def _f(x: Any, fmt: str = ".0f", empty: str = "–") -> str:
     return format(v, fmt)
 
 
-def _image_key(image: str) -> tuple[int, int]:
-    w, h = image.split("x")
-    return int(w) * int(h), int(w)
+def _image_key(image: str) -> tuple[int, int, int]:
+    """Sort key of a media label: by pixels per frame, then width, then frames."""
+    from vs_vllm.benchmarking.flops import Media
+
+    m = Media.parse(image)
+    return m.width * m.height, m.width, m.frames
+
+
+def _media_of(row: Mapping[str, Any]) -> str:
+    """The media label of a result row: the ``image`` column, or ``video`` for the video workload."""
+    return row["video"] if row.get("video") not in (None, "") else row["image"]
+
+
+def _is_video(meta: Mapping[str, Any]) -> bool:
+    return meta.get("workload") == "video"
+
+
+def _stem(meta: Mapping[str, Any]) -> str:
+    return meta.get("stem") or ("prefill_video_cpu" if _is_video(meta) else STEM)
+
+
+def _media_grid(meta: Mapping[str, Any], arch: Any, label: str) -> tuple[int, int, int]:
+    from vs_vllm.benchmarking.flops import Media
+
+    sizes = meta["model_config"]
+    return Media.parse(label).grid(arch, sizes["min_pixels"], sizes["max_pixels"])
+
+
+def _arch(meta: Mapping[str, Any]):
+    from vs_vllm.benchmarking.flops import QwenVLArch
+
+    arch_d = dict(meta["arch"])
+    arch_d["fullatt_block_indexes"] = tuple(arch_d["fullatt_block_indexes"])
+    return QwenVLArch(**arch_d)
+
+
+def flop_ceiling_at(meta: Mapping[str, Any], label: str, keep: int, text_tokens: int | None = None) -> float:
+    """The FLOP ceiling of one media item of a sweep at ``keep`` kept tokens (text laid out as in the report)."""
+    from vs_vllm.benchmarking.flops import prefill_split
+    from vs_vllm.benchmarking.model import TEXT_BEFORE, TEXT_TOKENS
+
+    arch = _arch(meta)
+    grid = _media_grid(meta, arch, label)
+    text = TEXT_TOKENS if text_tokens is None else int(text_tokens)
+    before = min(TEXT_BEFORE, text)
+    full = prefill_split(arch, grid, text, text_before=before)
+    return full.total / prefill_split(arch, grid, text, keep=keep, text_before=before).total
 
 
 def _config_key(config: str) -> float:
@@ -50,7 +99,8 @@ class Summary:
     """Per (image, concurrency, config) statistics of a sweep."""
 
     def __init__(self, runs: Sequence[Mapping[str, Any]], requests: Sequence[Mapping[str, Any]]) -> None:
-        self.images = sorted({r["image"] for r in runs}, key=_image_key)
+        self.images = sorted({_media_of(r) for r in runs}, key=_image_key)
+        self.kind = "video" if any("f@" in m for m in self.images) else "image"  # the tables' first column
         self.concurrencies = sorted({int(r["concurrency"]) for r in runs})
         self.configs = sorted({r["config"] for r in runs}, key=_config_key, reverse=True)
         by_run = defaultdict(list)
@@ -59,7 +109,7 @@ class Summary:
                 by_run[int(q["run_id"])].append(float(q["ttft_ms"]))
         groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = defaultdict(list)
         for r in runs:
-            groups[(r["image"], int(r["concurrency"]), r["config"])].append(r)
+            groups[(_media_of(r), int(r["concurrency"]), r["config"])].append(r)
         self.cells: dict[tuple[str, int, str], dict[str, Any]] = {}
         for key, rows in groups.items():
             ttfts = [t for r in rows for t in by_run.get(int(r["run_id"]), [])]
@@ -140,29 +190,50 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | No
 
 
 def _flop_section(meta: Mapping[str, Any], summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    from vs_vllm.benchmarking.flops import QwenVLArch, flop_ceiling, image_grid, prefill_split
+    from vs_vllm.benchmarking.flops import QwenVLArch, flop_ceiling, prefill_split
     from vs_vllm.benchmarking.model import TEXT_BEFORE, TEXT_TOKENS
+    from vs_vllm.selection.budget import keep_count
 
-    arch_d = dict(meta["arch"])
-    arch_d["fullatt_block_indexes"] = tuple(arch_d["fullatt_block_indexes"])
-    arch = QwenVLArch(**arch_d)
-    sizes = meta["model_config"]
+    video = _is_video(meta)
+    arch = _arch(meta)
+    # Images: the fixed 0.3/0.2/0.1 of the committed report; videos: the sweep's own ratios, with the kept counts
+    # the plugin uses, so the table's ceilings are those of the TTFT tables.
+    table_ratios = [r for r in meta["config"]["ratios"] if r < 1] if video else [0.3, 0.2, 0.1]
     rows = []
     for image in summary.images:
-        w, h = (int(x) for x in image.split("x"))
-        grid = image_grid(arch, w, h, sizes["min_pixels"], sizes["max_pixels"])
+        grid = _media_grid(meta, arch, image)
         comp = comps.get(image)
         text = int(comp["text_tokens"]) if comp else TEXT_TOKENS
         before = min(TEXT_BEFORE, text)
         s = prefill_split(arch, grid, text, text_before=before)
         sh = s.shares()
-        ceil = [flop_ceiling(arch, grid, text, max(1, int(s.visual_tokens * r))) for r in (0.3, 0.2, 0.1)]
+        n = s.visual_tokens
+        ceil = [flop_ceiling(arch, grid, text, keep_count(n, r) if video else max(1, int(n * r)))
+                for r in table_ratios]
         rows.append([
-            image, f"{grid[1]}x{grid[2]} → {s.visual_tokens}", str(text),
+            image, ("x".join(map(str, grid)) if video else f"{grid[1]}x{grid[2]}") + f" → {n}", str(text),
             f"{s.vision / 1e9:.2f} ({sh['vision']:.1%})", f"{s.llm_visual / 1e9:.2f} ({sh['llm_visual']:.1%})",
             f"{s.llm_text / 1e9:.2f} ({sh['llm_text']:.1%})", f"{s.total / 1e9:.2f}",
             " / ".join(f"{c:.2f}×" for c in ceil),
         ])
+    if video:
+        ref = QwenVLArch.qwen2_5_vl_7b()
+        ref_lines = []
+        for image in summary.images:
+            grid = _media_grid(meta, arch, image)  # the 7B's processor has the same patch, merge and frame rules
+            s7 = prefill_split(ref, grid, 60)
+            sh7 = s7.shares()
+            c7 = [flop_ceiling(ref, grid, 60, keep_count(s7.visual_tokens, r)) for r in table_ratios]
+            ref_lines.append(
+                f"- {image}: vision {sh7['vision']:.1%}, LLM on visual {sh7['llm_visual']:.1%}, LLM on text "
+                f"{sh7['llm_text']:.1%}; FLOP ceiling {' / '.join(f'{c:.2f}×' for c in c7)}.")
+        comparison = [
+            "For comparison, Qwen2.5-VL-7B on the same videos (same patch grid, 60 text tokens, the same FLOP "
+            "model):", "", *ref_lines]
+    else:
+        comparison = [
+            "For comparison, Qwen2.5-VL-7B at 1280×720 (anchors.md §6): vision 28.5%, LLM on visual 68.0%, LLM on "
+            "text 3.5%; ceiling 1.92× / 2.21× / 2.59×."]
     per_token = 2 * arch.text_layers * (
         arch.text_hidden * arch.text_heads * arch.head_dim * 2
         + 2 * arch.text_hidden * arch.text_kv_heads * arch.head_dim
@@ -185,14 +256,20 @@ def _flop_section(meta: Mapping[str, Any], summary: Summary, comps: Mapping[str,
         "",
         "Analytic prefill FLOPs (`vs_vllm.benchmarking.flops`: 2·MAC for linear layers and both attention products, "
         "windowed ViT attention with partial edge windows, causal LLM attention charged to the query token, "
-        f"LM head on the last token; norms/activations/RoPE ignored), text = {TEXT_BEFORE} tokens before the image "
-        "and the rest after it:",
+        f"LM head on the last token; norms/activations/RoPE ignored), text = {TEXT_BEFORE} tokens before the "
+        f"{'video' if video else 'image'} and the rest after it:",
         "",
-        *_table(["image", "patch grid → N", "text", "vision GF", "LLM on visual GF", "LLM on text GF", "total GF",
-                 "FLOP ceiling at r = 0.3 / 0.2 / 0.1"], rows),
+        *([
+            "A video of F frames is a patch grid t×h×w with t = ⌈F/2⌉ (two frames per temporal patch) and "
+            "N = t·h·w/4 tokens; every ViT attention group stays within one temporal slice, so the ViT costs t "
+            "times one slice, and in the LLM a video token costs what an image token costs. Pruning removes LLM "
+            "tokens only: the vision column is paid in full at every ratio (the FLOP ceiling counts it on both "
+            "sides).", ""] if video else []),
+        *_table([("video" if video else "image"), ("patch grid t×h×w → N" if video else "patch grid → N"), "text",
+                 "vision GF", "LLM on visual GF", "LLM on text GF", "total GF",
+                 "FLOP ceiling at r = " + " / ".join(f"{r:g}" for r in table_ratios)], rows),
         "",
-        "For comparison, Qwen2.5-VL-7B at 1280×720 (anchors.md §6): vision 28.5%, LLM on visual 68.0%, LLM on text "
-        "3.5%; ceiling 1.92× / 2.21× / 2.59×.",
+        *comparison,
         "",
     ]
     return lines
@@ -215,28 +292,35 @@ def _components_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]
         rows.append([image, str(c["visual_tokens"]), str(c["text_tokens"]), f"{float(c['t_proc']) * 1e3:.0f}",
                      f"{te * 1e3:.0f}", f"{tl * 1e3:.0f}", f"{te / (te + tl):.1%}", "; ".join(lin)])
     threads = next(iter(comps.values())).get("threads")
+    video = _is_video(meta)
     return [
         "## Prefill parts timed in transformers",
         "",
         f"Same weights, fp32, {threads} torch thread(s) (the vLLM worker's OpenMP thread count: "
         f"{meta.get('worker_threads')}), median of {next(iter(comps.values())).get('repeats')} after a warm-up. "
-        "T_proc: the HF processor; T_enc: `get_image_features` (ViT + merger); T_llm: the language model over the "
-        "N + text prompt embeddings plus the LM head on the last token. The last column checks the linear model "
-        "of the ceiling against the LLM prefill measured at a few kept counts (ms).",
+        f"T_proc: the HF processor; T_enc: `{'get_video_features' if video else 'get_image_features'}` (ViT + "
+        "merger); T_llm: the language model over the N + text prompt embeddings plus the LM head on the last "
+        "token. The last column checks the linear model of the ceiling against the LLM prefill measured at a few "
+        "kept counts (ms).",
         "",
-        *_table(["image", "N", "text", "T_proc ms", "T_enc ms", "T_llm ms", "ViT share of time",
-                 "T_llm at K (measured vs linear)"], rows),
+        *_table(["video" if video else "image", "N", "text", "T_proc ms", "T_enc ms", "T_llm ms",
+                 "ViT share of time", "T_llm at K (measured vs linear)"], rows),
         "",
     ]
 
 
-def _ttft_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _ttft_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]],
+                  meta: Mapping[str, Any] | None = None) -> list[str]:
+    # The video report also holds each speedup against the analytic FLOP ceiling (the image report predates it and
+    # keeps its columns).
+    flop = bool(meta) and _is_video(meta)
     lines = [
         "## TTFT",
         "",
         "TTFT p50 / p90 over all requests of all repeats (ms); runs = range of the per-run medians; speedup = stock "
         "p50 / plugin p50. Ceilings (module doc of `vs_vllm.benchmarking.report`) are given at concurrency 1, where "
-        "a request runs alone.",
+        "a request runs alone" + ("; the FLOP ceiling is FLOPs(N) / FLOPs(K) with the ViT on both sides." if flop
+                                  else "."),
         "",
     ]
     for image in summary.images:
@@ -258,6 +342,12 @@ def _ttft_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> l
                     _f(sp, ".2f") + ("×" if not math.isnan(sp) else ""),
                 ]
                 if conc == 1:
+                    if flop:
+                        fc = math.nan
+                        if config != "stock":
+                            text = int(comp["text_tokens"]) if comp else None
+                            fc = flop_ceiling_at(meta, image, cell["K"], text)
+                        row += [_f(fc, ".2f"), _f(sp / fc, ".0%")]
                     row += [_f(ceil["hf"], ".2f"), _f(sp / ceil["hf"], ".0%"),
                             _f(ceil["overhead"], ".2f"), _f(sp / ceil["overhead"], ".0%")]
                 row.append(str(cell["requests"]) + (f" ({cell['failed']} failed)" if cell["failed"] else ""))
@@ -266,6 +356,8 @@ def _ttft_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> l
                 continue
             header = ["config", "K", "prompt tok", "TTFT p50", "TTFT p90", "runs p50", "speedup"]
             if conc == 1:
+                if flop:
+                    header += ["FLOP ceiling", "achieved/FLOP"]
                 header += ["ceiling (HF parts)", "achieved/ceiling", "ceiling (+overhead)", "achieved/ceiling"]
             header.append("requests")
             lines += [f"### {image}, concurrency {conc}" + (
@@ -273,13 +365,21 @@ def _ttft_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> l
     return lines
 
 
-def _throughput_section(summary: Summary) -> list[str]:
+def _throughput_section(summary: Summary, meta: Mapping[str, Any] | None = None) -> list[str]:
+    flop = bool(meta) and _is_video(meta)
     lines = ["## Throughput", "", "Completed requests per second, median of the repeats [min–max] "
-             "(closed loop, max_tokens = 1, so this is prefill throughput).", ""]
+             "(closed loop, max_tokens = 1, so this is prefill throughput)"
+             + ("; gain = plugin / stock; the FLOP ceiling bounds the gain too (work per request)." if flop else ".")
+             , ""]
     for image in summary.images:
         rows = []
         for config in summary.configs:
             row = [config]
+            if flop:
+                any_cell = next((summary.get(image, c, config) for c in summary.concurrencies
+                                 if summary.get(image, c, config)), None)
+                row.append("–" if config == "stock" or not any_cell else
+                           f"{flop_ceiling_at(meta, image, any_cell['K']):.2f}×")
             for conc in summary.concurrencies:
                 cell = summary.get(image, conc, config)
                 stock = summary.get(image, conc, "stock")
@@ -289,7 +389,8 @@ def _throughput_section(summary: Summary) -> list[str]:
                 gain = f", {cell['rps'] / stock['rps']:.2f}×" if stock and config != "stock" else ""
                 row.append(f"{cell['rps']:.2f} [{cell['rps_min']:.2f}–{cell['rps_max']:.2f}]{gain}")
             rows.append(row)
-        lines += [f"### {image}", "", *_table(["config", *(f"c={c}" for c in summary.concurrencies)], rows), ""]
+        header = ["config", *(["FLOP ceiling"] if flop else []), *(f"c={c}" for c in summary.concurrencies)]
+        lines += [f"### {image}", "", *_table(header, rows), ""]
     return lines
 
 
@@ -313,7 +414,7 @@ def _kv_section(summary: Summary) -> list[str]:
         "taken, so the gauge only sees requests still waiting for a later prefill chunk (concurrency > 1, more "
         "prompt tokens than `--max-num-batched-tokens`); the per-request column is the reliable one.",
         "",
-        *_table(["image", "config", "prompt tok", "KV MiB / request",
+        *_table([summary.kind, "config", "prompt tok", "KV MiB / request",
                  *(f"gauge peak % c={c}" for c in summary.concurrencies)], rows),
         "",
     ]
@@ -344,7 +445,7 @@ def _time_section(summary: Summary, comps: Mapping[str, Mapping[str, Any]]) -> l
         "only between engine steps, and a batched CPU prefill step lasts seconds; the API server also shares its "
         "one core with the engine core.",
         "",
-        *_table(["image", "c", "config", "client TTFT p50", "client TTFT mean", "server TTFT", "queue",
+        *_table([summary.kind, "c", "config", "client TTFT p50", "client TTFT mean", "server TTFT", "queue",
                  "engine prefill", "outside", "share"], rows),
         "",
     ]
@@ -356,11 +457,42 @@ def _header(meta: Mapping[str, Any], summary: Summary) -> list[str]:
     load_txt = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?"
     quick = " (QUICK MODE: smoke test, not for conclusions)" if cfg.get("quick") else ""
     cmds = meta.get("server_commands", {})
+    video = _is_video(meta)
+    cpus = m.get("cpus_available") or m.get("logical_cpus") or 1
+    start_load = (m.get("loadavg_start") or [0.0])[0]
+    end_load = (meta.get("loadavg_end") or [0.0])[0]
+    # The sweep alone drives the 1-min load to ~2-3.5 on 2 CPUs (API servers, engine cores, the workers' busy-polls);
+    # a load above that, or one already high before the servers start, means other work shared the cores: say so
+    # where the numbers are read, not only in the load figures.
+    peak = max([*loads, float(start_load), float(end_load)])
+    loaded = float(start_load) >= cpus + 1 or peak > 2 * cpus + 1
+    warning = ([f"**Loaded machine:** the 1-minute load average was {float(start_load):.1f} at the start and "
+                f"peaked at {peak:.1f} on {cpus} CPUs (other processes ran during the sweep), so absolute times are "
+                "inflated and noisier than on a quiet machine; stock and plugin runs are interleaved, so the ratios "
+                "between them are the more robust result.", ""] if loaded else [])
+    if video:
+        frames = ", ".join(summary.images)
+        sweep = (f"- Sweep: videos {frames} (F frames of W×H pixels, uniform noise, JPEG quality "
+                 f"{cfg.get('video_quality', 75)}, a fresh random video per request, sent as one "
+                 "`data:video/jpeg;base64,<frame>,...` URL; all frames kept, two per temporal patch; request body "
+                 + ", ".join(f"{k}: {v} KiB" for k, v in (meta.get("payload_kib") or {}).items())
+                 + f"); ratios {cfg['ratios']} (plugin, method {cfg['method']}, sent as "
+                 f"`{cfg.get('video_ratio_field', 'video_retention_ratio')}`) and stock; concurrency "
+                 f"{cfg['concurrencies']}; {cfg['repeats']} repeats; max({cfg['min_requests']}, "
+                 f"{cfg['requests_per_slot']}×concurrency) requests per run; streamed, max_tokens = 1, ignore_eos; "
+                 "warm-up excluded; both servers ")
+    else:
+        sweep = (f"- Sweep: images {', '.join(summary.images)}; ratios {cfg['ratios']} (plugin, method "
+                 f"{cfg['method']}) and stock; concurrency {cfg['concurrencies']}; {cfg['repeats']} repeats; "
+                 f"max({cfg['min_requests']}, {cfg['requests_per_slot']}×concurrency) requests per run, each with a "
+                 f"fresh random {cfg['image_format']} image; streamed, max_tokens = 1, ignore_eos; warm-up excluded; "
+                 "both servers ")
     return [
-        f"# Prefill on CPU: stock vLLM vs vs-vllm{quick}",
+        f"# {'Video prefill' if video else 'Prefill'} on CPU: stock vLLM vs vs-vllm{quick}",
         "",
         f"Run {meta.get('started')} → {meta.get('finished')} (sweep {meta.get('sweep_s')} s).",
         "",
+        *warning,
         f"- Machine: {m.get('cpu')}, {m.get('logical_cpus')} logical CPUs ({m.get('cpus_available')} available), "
         f"{m.get('mem_gib')} GiB, {m.get('os')}; SIMD: {m.get('simd_flags')}. "
         f"1-min load average during runs: {load_txt} (start {_fmt_load(m.get('loadavg_start'))}, end "
@@ -368,10 +500,7 @@ def _header(meta: Mapping[str, Any], summary: Summary) -> list[str]:
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f", Python {m.get('python')}.",
         f"- vLLM worker: {meta.get('worker_threads')} OpenMP thread(s) (vLLM reserves one core for the API server "
         "and engine core).",
-        f"- Sweep: images {', '.join(summary.images)}; ratios {cfg['ratios']} (plugin, method {cfg['method']}) and "
-        f"stock; concurrency {cfg['concurrencies']}; {cfg['repeats']} repeats; max({cfg['min_requests']}, "
-        f"{cfg['requests_per_slot']}×concurrency) requests per run, each with a fresh random {cfg['image_format']} "
-        "image; streamed, max_tokens = 1, ignore_eos; warm-up excluded; both servers "
+        sweep
         + ("up at once, configurations interleaved run by run (order rotated per repeat)." if cfg["together"]
            else "run one after the other."),
         f"- Both servers: {cfg['dtype']}, {'eager (--enforce-eager)' if cfg['eager'] else 'torch.compile'}, "
@@ -400,18 +529,19 @@ def write_report(out_dir: Path, runs, requests, meta: Mapping[str, Any]) -> Path
     out_dir = Path(out_dir)
     summary = Summary(runs, requests)
     comps = {c["image"]: c for c in meta.get("components", [])}
+    stem = _stem(meta)
     lines = _header(meta, summary)
     lines += _flop_section(meta, summary, comps)
     lines += _components_section(summary, comps, meta)
-    lines += _ttft_section(summary, comps)
-    lines += _throughput_section(summary)
+    lines += _ttft_section(summary, comps, meta)
+    lines += _throughput_section(summary, meta)
     lines += _time_section(summary, comps)
     lines += _kv_section(summary)
-    lines += ["## Plots", "", f"![TTFT]({STEM}_ttft.png)", "", f"![throughput]({STEM}_throughput.png)", ""]
-    path = out_dir / f"{STEM}.md"
+    lines += ["## Plots", "", f"![TTFT]({stem}_ttft.png)", "", f"![throughput]({stem}_throughput.png)", ""]
+    path = out_dir / f"{stem}.md"
     path.write_text("\n".join(lines))
-    plot_ttft(summary, comps, out_dir / f"{STEM}_ttft.png")
-    plot_throughput(summary, out_dir / f"{STEM}_throughput.png")
+    plot_ttft(summary, comps, out_dir / f"{stem}_ttft.png", meta=meta)
+    plot_throughput(summary, out_dir / f"{stem}_throughput.png")
     return path
 
 
@@ -427,9 +557,10 @@ def _plt():
     return plt
 
 
-def plot_ttft(summary: Summary, comps: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    """Top row: TTFT p50 at concurrency 1 vs ratio, stock as a horizontal line, the two ceiling curves. Bottom row:
-    speedup over stock at every concurrency, with the ceiling's speedup."""
+def plot_ttft(summary: Summary, comps: Mapping[str, Mapping[str, Any]], path: Path,
+              meta: Mapping[str, Any] | None = None) -> None:
+    """Top row: TTFT p50 at concurrency 1 vs ratio, stock as a horizontal line, the two ceiling curves (video: and
+    the FLOP ceiling). Bottom row: speedup over stock at every concurrency, with the ceilings' speedups."""
     from vs_vllm.selection.budget import keep_count
 
     plt = _plt()
@@ -466,6 +597,11 @@ def plot_ttft(summary: Summary, comps: Mapping[str, Mapping[str, Any]], path: Pa
                          label="ceiling (+fixed overhead)")
                 bottom.plot(grid, [c["overhead"] for c in ceil], "k--", lw=1.0, alpha=0.6,
                             label="ceiling (+fixed overhead)")
+            if meta and _is_video(meta):
+                fc = [flop_ceiling_at(meta, image, keep_count(n, r), comp["text_tokens"]) for r in grid]
+                top.plot(grid, [stock1["ttft_p50"] / c for c in fc], "-.", color="C3", lw=1.0,
+                         label="FLOP ceiling")
+                bottom.plot(grid, fc, "-.", color="C3", lw=1.0, label="FLOP ceiling")
             title = f"{image}: N={n} visual + {comp['text_tokens']} text tokens"
         top.set_title(title + ", concurrency 1", fontsize=10)
         top.set_ylabel("TTFT [ms]")
@@ -487,7 +623,9 @@ def plot_ttft(summary: Summary, comps: Mapping[str, Mapping[str, Any]], path: Pa
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="upper left")
     axes[1][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Prefill TTFT vs retention ratio: stock vLLM, vs-vllm and the Amdahl ceiling", fontsize=11)
+    fig.suptitle("Video prefill TTFT vs retention ratio: stock vLLM, vs-vllm, the Amdahl and FLOP ceilings"
+                 if meta and _is_video(meta) else
+                 "Prefill TTFT vs retention ratio: stock vLLM, vs-vllm and the Amdahl ceiling", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
