@@ -63,8 +63,8 @@ class PrunedPrompt:
     kept: list[torch.Tensor]  # per image: ascending flat indices of the kept tokens
     visual_total: int  # sum N_i
     visual_kept: int  # sum K_i
-    # DeepStack models with images only (None otherwise): per level, the kept tokens' features [sum K_i, D] in prompt
-    # order, and the [1, L'] mask of the image slots they are added to.
+    # DeepStack models with media (None otherwise): per level, the kept tokens' features [sum K_i, D] in prompt
+    # order, and the [1, L'] mask of the media slots they are added to.
     deepstack_embeds: list[torch.Tensor] | None = None
     visual_pos_mask: torch.Tensor | None = None
 
