@@ -346,6 +346,25 @@ def _build_qwen2(out: Path, seed: int, overrides: Mapping[str, Any]) -> None:
     _write_json(out / "vs_vllm_tiny_model.json", {"arch": "qwen2", "seed": seed, "sizes": to_jsonable(asdict(sizes))})
 
 
+def _qwen3_vision_config(sizes) -> dict[str, Any]:
+    """The vision tower of Qwen3-VL and Qwen3.5 (16-px patches, 2x2 merge, learned position table); Qwen3-VL adds
+    its DeepStack levels."""
+    return dict(
+        depth=sizes.vision_depth,
+        hidden_size=sizes.vision_hidden,
+        hidden_act="gelu_pytorch_tanh",
+        intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads,
+        in_channels=3,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=sizes.text_hidden,
+        num_position_embeddings=sizes.num_position_embeddings,
+        initializer_range=sizes.initializer_range,
+    )
+
+
 _QWEN3_VL_PIXEL_DEFAULTS = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}  # 16-px patches, 2x2 merge
 
 
@@ -379,21 +398,7 @@ def _qwen3_vl_config(arch: str, overrides: Mapping[str, Any]):
         text_config.update(num_experts=sizes.num_experts, num_experts_per_tok=sizes.num_experts_per_tok,
                            moe_intermediate_size=sizes.moe_intermediate, decoder_sparse_step=1, mlp_only_layers=[],
                            norm_topk_prob=True)  # transformers always renormalises the top-k weights; vLLM reads it
-    vision_config = dict(
-        depth=sizes.vision_depth,
-        hidden_size=sizes.vision_hidden,
-        hidden_act="gelu_pytorch_tanh",
-        intermediate_size=sizes.vision_intermediate,
-        num_heads=sizes.vision_heads,
-        in_channels=3,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        out_hidden_size=sizes.text_hidden,
-        num_position_embeddings=sizes.num_position_embeddings,
-        deepstack_visual_indexes=list(levels),
-        initializer_range=sizes.initializer_range,
-    )
+    vision_config = dict(_qwen3_vision_config(sizes), deepstack_visual_indexes=list(levels))
     if arch == "qwen3_vl_moe":
         from transformers import Qwen3VLMoeConfig as config_cls
     else:
@@ -565,20 +570,7 @@ def _qwen3_5_config(overrides: Mapping[str, Any]):
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision_config = dict(
-        depth=sizes.vision_depth,
-        hidden_size=sizes.vision_hidden,
-        hidden_act="gelu_pytorch_tanh",
-        intermediate_size=sizes.vision_intermediate,
-        num_heads=sizes.vision_heads,
-        in_channels=3,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        out_hidden_size=sizes.text_hidden,
-        num_position_embeddings=sizes.num_position_embeddings,
-        initializer_range=sizes.initializer_range,
-    )
+    vision_config = _qwen3_vision_config(sizes)
     config = Qwen3_5Config(text_config=text_config, vision_config=vision_config, **_qwen_vl_config_kwargs(ids, sizes))
     return sizes, config, tokenizer, ids
 
