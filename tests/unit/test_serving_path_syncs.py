@@ -15,7 +15,7 @@ from vs_vllm.selection.methods import list_methods
 from vs_vllm.selection.positions import MediaSpan, fill_media_positions, mrope_positions, mrope_positions_for_spans
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.testing.sync_guard import as_device, sync_guard, to_host
-from vs_vllm.vllm_plugin.pruning.channels import strip_channels, with_channels
+from vs_vllm.vllm_plugin.pruning.channels import strip_channels, unpositioned, with_channels
 from vs_vllm.vllm_plugin.pruning.hook import recompute_positions
 from vs_vllm.vllm_plugin.pruning.selection import ItemSelection, select_items
 
@@ -51,10 +51,16 @@ def test_selection_path_has_no_sync(method, extra_columns) -> None:
     device_embeds = [as_device(e) for e in embeds]
     with sync_guard():
         out = select_items(device_embeds, GRIDS, choices, _device_scorer(scorer), HIDDEN)
-        packed = [with_channels(rows, coords) for rows, coords in out]
+        # as the model packs them: an item kept whole (coords None) goes out already positioned
+        packed = [unpositioned(rows) if coords is None else with_channels(rows, coords) for rows, coords in out]
     for (rows, coords), (ref_rows, ref_coords), item in zip(out, reference, packed):
-        assert torch.equal(to_host(rows), ref_rows) and torch.equal(to_host(coords), ref_coords)
+        assert torch.equal(to_host(rows), ref_rows)
+        if ref_coords is None:
+            assert coords is None and rows is device_embeds[1]  # the unpruned item (keep 16 == N) is passed through
+        else:
+            assert torch.equal(to_host(coords), ref_coords)
         assert to_host(item).shape[1] == HIDDEN + extra_columns + 6
+    assert [c is None for _, c in reference] == [False, True, False]
     assert [r.shape[0] for r, _ in reference] == [7, 16, 2]
 
 

@@ -125,8 +125,8 @@ class PruningModelMixin:
             kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
                                 adapter.scored_width(self.config))
             factors = adapter.temporal_factors(modality, mm_input, self.config)
-            for (rows, coords), factor, choice, embed in zip(kept, factors, choices, embeds):
-                if choice.keep >= embed.shape[0]:
+            for (rows, coords), factor in zip(kept, factors):
+                if coords is None:
                     # Unpruned: get_mrope_input_positions already placed it exactly, in the model's own layout.
                     outputs.append(unpositioned(rows))
                     continue

@@ -19,7 +19,6 @@ import torch
 
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
-from vs_vllm.selection.positions import grid_coordinates
 
 __all__ = ["PACKED_METHODS", "ItemSelection", "select_items"]
 
@@ -38,29 +37,25 @@ class ItemSelection:
     selection_lambda: float = DEFAULT_LAMBDA
 
 
-def _coordinates(n: int, grid: Sequence[int], device: torch.device) -> torch.Tensor:
-    """[n, 3] (t, h, w) of every token of an unpruned item."""
-    return grid_coordinates(torch.arange(n, device=device), grid, validate=False).T
-
-
 def select_items(
     embeds: Sequence[torch.Tensor],
     grids: Sequence[tuple[int, int, int]],
     choices: Sequence[ItemSelection],
     scorer: torch.nn.Module | None,
     scored_width: int | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per item: (rows [K_i, D_full], coords [K_i, 3] int64), in the items' order."""
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per item: (rows [K_i, D_full], coords [K_i, 3] int64), in the items' order. An item kept whole gets
+    (its embeddings, None): nothing was pruned, so the positions computed before the encoder are already exact."""
     from vs_vllm.kernels import gather_selected, select_tokens, select_tokens_mmr
 
     count = len(embeds)
     if not (len(grids) == len(choices) == count):
         raise ValueError(f"{count} items but {len(grids)} grids and {len(choices)} selections")
     lengths = [int(e.shape[0]) for e in embeds]
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * count
+    out: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * count
     for i in range(count):
         if choices[i].keep >= lengths[i]:
-            out[i] = (embeds[i], _coordinates(lengths[i], grids[i], embeds[i].device))
+            out[i] = (embeds[i], None)
 
     def scored(x: torch.Tensor) -> torch.Tensor:
         return x if scored_width is None or scored_width >= x.shape[1] else x[:, :scored_width]
