@@ -40,7 +40,7 @@ import torch
 from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
-from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans, token_runs
+from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans, token_runs, video_t_factors
 
 __all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PER_FRAME_VIDEO_MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
 
@@ -138,15 +138,6 @@ class QwenVLSelector:
         )
         return list(out.pooler_output)
 
-    def _video_t_factors(self, inputs: Mapping[str, torch.Tensor], count: int) -> list[float]:
-        """Per video: seconds per temporal patch x ``tokens_per_second`` (Qwen2.5-VL), 1 without that field — the
-        factor vLLM's ``iter_mm_grid_thw`` and the plugin use."""
-        seconds = inputs.get("second_per_grid_ts")
-        if seconds is None:
-            return [1.0] * count
-        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
-        return [float(v) * tokens_per_second for v in torch.as_tensor(seconds).flatten().tolist()]
-
     @torch.no_grad()
     def prepare(
         self,
@@ -182,7 +173,7 @@ class QwenVLSelector:
             deepstack_levels = vision.deepstack
         if inputs.get("video_grid_thw") is not None:
             grids = self.llm_grids(inputs["video_grid_thw"])
-            factors = self._video_t_factors(inputs, len(grids))
+            factors = video_t_factors(inputs.get("second_per_grid_ts"), self.config.vision_config, len(grids))
             items["video"] = list(zip(self._video_features(inputs), grids, factors))
 
         # Each item is one contiguous run of its modality's token, matched in order.

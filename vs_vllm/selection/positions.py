@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["MediaSpan", "fill_frame_positions", "fill_media_positions", "token_runs", "grid_coordinates", "mrope_positions", "mrope_positions_for_spans",
-           "scaled_temporal"]
+           "scaled_temporal", "video_t_factors"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ def grid_coordinates(indices: torch.Tensor, grid_thw: Sequence[int], validate: b
     if validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t * h * w):
         raise ValueError(f"indices out of range for grid {tuple(grid_thw)}: [{int(idx.min())}, {int(idx.max())}]")
     return torch.stack([idx // (h * w), (idx // w) % h, idx % w])
+
+
+def video_t_factors(second_per_grid_ts, vision_config, count: int) -> list[float]:
+    """Per video, the factor its temporal index is scaled by: seconds per temporal patch x the vision config's
+    ``tokens_per_second`` (Qwen2/2.5-VL, as vLLM's ``iter_mm_grid_thw`` computes it), 1 without seconds. Host values
+    (vLLM keeps ``second_per_grid_ts`` on the CPU)."""
+    if second_per_grid_ts is None:
+        return [1.0] * count
+    tokens_per_second = getattr(vision_config, "tokens_per_second", 1.0)
+    return [float(s) * tokens_per_second for s in torch.as_tensor(second_per_grid_ts).flatten().tolist()]
 
 
 def scaled_temporal(t: torch.Tensor, t_factor: float) -> torch.Tensor:

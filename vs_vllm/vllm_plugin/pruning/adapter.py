@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from vs_vllm.selection.positions import MediaSpan
+from vs_vllm.selection.positions import MediaSpan, video_t_factors
 
 __all__ = ["ArchitectureAdapter"]
 
@@ -74,12 +74,9 @@ class ArchitectureAdapter:
         config's ``tokens_per_second`` for Qwen2/2.5-VL videos (exactly as vLLM's ``iter_mm_grid_thw``), 1 for
         images. ``second_per_grid_ts`` is a CPU field (vLLM keeps it there), so this reads no device memory."""
         count = len(mm_input[self.grid_fields[modality]])
-        seconds = mm_input.get("second_per_grid_ts") if modality == "video" else None
-        if seconds is None:
+        if modality != "video":
             return [1.0] * count
-        tokens_per_second = getattr(hf_config.vision_config, "tokens_per_second", 1.0)
-        values = seconds.tolist() if isinstance(seconds, torch.Tensor) else list(seconds)
-        return [float(s) * tokens_per_second for s in values]
+        return video_t_factors(mm_input.get("second_per_grid_ts"), hf_config.vision_config, count)
 
     def fill_kwargs(self, hf_config: Any) -> dict[str, Any]:
         """Extra keyword arguments of the position scheme's ``fill_media_positions`` (e.g. Qwen3-VL's frame anchor)."""
