@@ -76,6 +76,10 @@ class MMRConfig:
     num_warps: int  # warps of the MMR kernel (one program per image: it has the SM to itself)
     norm_num_warps: int  # warps of the inverse-norm pass
     shrink: bool  # shrink block_n / block_v to the largest image (interpreter: saves numpy work; no compile cost)
+    # tokens per tile when x is not 16-aligned (odd D or row stride, or an offset view): without the divisibility
+    # hints every load is scalar and needs its own address registers; at BLOCK_N = 64 the kernel hit 255 registers
+    # and spilled 156 bytes with triton 3.6 on sm_90 (first H200 gpu-check run), so unaligned inputs get a shorter tile
+    block_n_unaligned: int = 16
 
 
 # Interpreter: every op is a numpy call per program step, so few large blocks.
@@ -83,8 +87,8 @@ INTERPRETER_MMR_CONFIG = MMRConfig(
     block_n=1024, block_d=128, block_d_small=32, block_v=4096, norm_block_r=1024, num_warps=4, norm_num_warps=4,
     shrink=True,
 )
-# GPU: a 64 x 128 tile per inner step over 8 warps (32 fp32 accumulators per thread). Registers/spills: see
-# tests/kernels/test_kernels_compile.py (compile-only, ptxas -v).
+# GPU: a 64 x 128 tile per inner step over 8 warps (32 fp32 accumulators per thread); 16 x 128 for unaligned x.
+# Registers/spills: see tests/kernels/test_kernels_compile.py (compile-only, ptxas -v).
 GPU_MMR_CONFIG = MMRConfig(
     block_n=64, block_d=128, block_d_small=32, block_v=1024, norm_block_r=32, num_warps=8, norm_num_warps=4,
     shrink=False,
@@ -102,7 +106,7 @@ def set_mmr_config(config: MMRConfig | None = None, **changes) -> MMRConfig:
     global _CONFIG
     base = config if config is not None else _CONFIG
     new = replace(base, **changes) if changes else base
-    require_powers_of_two(new, ("block_n", "block_d", "block_d_small", "block_v", "norm_block_r"))
+    require_powers_of_two(new, ("block_n", "block_n_unaligned", "block_d", "block_d_small", "block_v", "norm_block_r"))
     old = _CONFIG
     _CONFIG = new
     return old
@@ -286,12 +290,18 @@ def _block_d(d: int, cfg: MMRConfig) -> int:
     return cfg.block_d_small if d <= cfg.block_d_small else cfg.block_d
 
 
-def _blocks(max_n: int, cfg: MMRConfig) -> tuple[int, int, int]:
+def _aligned16(x: torch.Tensor) -> bool:
+    """Whether Triton's JIT will see x's pointer, row stride and D as multiples of 16 (its divisibility hints)."""
+    return x.shape[1] % 16 == 0 and x.stride(0) % 16 == 0 and x.data_ptr() % 16 == 0
+
+
+def _blocks(max_n: int, cfg: MMRConfig, aligned: bool = True) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_V, norm BLOCK_R) for images of up to ``max_n`` tokens."""
+    block_n = cfg.block_n if aligned else cfg.block_n_unaligned
     if not cfg.shrink:
-        return cfg.block_n, cfg.block_v, cfg.norm_block_r
+        return block_n, cfg.block_v, cfg.norm_block_r
     cap = max(16, _pow2_at_least(max_n))
-    return min(cfg.block_n, cap), min(cfg.block_v, cap), min(cfg.norm_block_r, cap)
+    return min(block_n, cap), min(cfg.block_v, cap), min(cfg.norm_block_r, cap)
 
 
 def mmr_routes(plan: Plan, lambdas: Sequence[float]) -> tuple[list[int], list[int]]:
@@ -338,7 +348,7 @@ def mmr_with_plan_triton(
     total, d = x.shape
     G = len(mmr_imgs)
     max_n = max(plan.lengths[i] for i in mmr_imgs)
-    block_n, block_v, block_r = _blocks(max_n, cfg)
+    block_n, block_v, block_r = _blocks(max_n, cfg, _aligned16(x))
     block_d = _block_d(d, cfg)
     meta = host_ints_on(list(plan.cu_seqlens) + list(plan.cu_keep) + mmr_imgs, dev)
     nb = plan.num_images + 1
@@ -423,8 +433,10 @@ def select_mmr_with_plan_triton(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def compile_specs(dtype: str = "bf16", cfg: MMRConfig = GPU_MMR_CONFIG) -> dict:
-    """(kernel, signature, constexprs, num_warps) of every MMR kernel variant the host code launches on a GPU."""
+def compile_specs(dtype: str = "bf16", cfg: MMRConfig = GPU_MMR_CONFIG, aligned: bool = True) -> dict:
+    """(kernel, signature, constexprs, num_warps) of every MMR kernel variant the host code launches on a GPU, for
+    16-aligned x (compile it with ``aligned_attrs``) or not (no divisibility hints: the shorter token tile)."""
+    block_n = _blocks(0, replace(cfg, shrink=False), aligned)[0]
     X = f"*{dtype}"
     i64p, f32p = "*i64", "*fp32"
     specs = {}
@@ -451,7 +463,7 @@ def compile_specs(dtype: str = "bf16", cfg: MMRConfig = GPU_MMR_CONFIG) -> dict:
                 "idx_ptr": i64p,
                 "D": "i32",
             },
-            {"BLOCK_N": cfg.block_n, "BLOCK_D": block_d, "BLOCK_V": cfg.block_v},
+            {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_V": cfg.block_v},
             cfg.num_warps,
         )
     return specs

@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         for dtype, aligned in cases:
-            for name, (fn, sig, constexprs, warps) in {**compile_specs(dtype), **mmr_compile_specs(dtype)}.items():
+            specs = {**compile_specs(dtype), **mmr_compile_specs(dtype, aligned=aligned)}
+            for name, (fn, sig, constexprs, warps) in specs.items():
                 reads_x = name.startswith(("score", "gather", "mean_partial", "mmr"))
                 if not aligned and not reads_x:
                     continue  # only the kernels that read x depend on its alignment

@@ -66,7 +66,11 @@ def test_no_register_spills(compiled, arch):
         f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}:{r['registers']}r" for r in recs
     )
     print(f"sm_{arch}: {report}")
-    spilled = [f"{r['kernel']}/{r['dtype']}: {r['spill_stores']} bytes" for r in recs if r["spill_stores"]]
+    spilled = [
+        f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}: {r['spill_stores']} bytes"
+        for r in recs
+        if r["spill_stores"]
+    ]
     assert not spilled, spilled
 
 

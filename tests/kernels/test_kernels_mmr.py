@@ -151,8 +151,13 @@ def test_ragged_batches(lengths, keep, lams, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_config_in_interpreter(dtype):
-    """The GPU block configuration (64 x 128 tiles, 1024-token vector tiles, no shrinking), both BLOCK_D widths."""
+    """The GPU block configuration (64 x 128 tiles for 16-aligned x, 16 x 128 otherwise, 1024-token vector tiles, no
+    shrinking), both BLOCK_D widths."""
+    x, scores, cu = random_case([130, 70], 160, dtype, seed=11)
+    assert kmmr._blocks(130, kmmr.GPU_MMR_CONFIG, kmmr._aligned16(x))[0] == 64
+    run_and_check(x, scores, cu, [13, 30], [0.5, 0.3], config=kmmr.GPU_MMR_CONFIG)
     x, scores, cu = random_case([130, 70], 150, dtype, seed=12)
+    assert kmmr._blocks(130, kmmr.GPU_MMR_CONFIG, kmmr._aligned16(x))[0] == 16
     run_and_check(x, scores, cu, [13, 30], [0.5, 0.3], config=kmmr.GPU_MMR_CONFIG)
     x, scores, cu = random_case([33], 24, dtype, seed=13)
     run_and_check(x, scores, cu, [10], [0.0], config=kmmr.GPU_MMR_CONFIG)
