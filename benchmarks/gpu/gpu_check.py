@@ -10,7 +10,8 @@ Stages (each a child process with its own time limit; a failure is recorded and 
   b2  sweep         benchmarks/gpu/kernel_sweep.py: odd shapes, fp32/bf16/fp16, N up to 16385, D up to 5120, strict
                     (b1 and b2 run at the same time: both are correctness checks, mostly Triton compiles)
   c1  bench-select  benchmarks/kernels/bench_select.py (N 576/1196/4096/16384, D 3584, bf16) plus a device-to-device
-                    copy of the same bytes per case
+                    copy of the same bytes per case; each timed twice: the eager call (host launch overhead included)
+                    and its GPU time (the call captured in a CUDA graph, graph.replay() timed)
   c2  bench-mmr     benchmarks/kernels/bench_mmr.py (torch vs Triton; very long runs are extrapolated)
   d   hf-prefill    benchmarks/prefill/hf_gpu_prefill.py: Qwen2.5-VL-7B architecture, bf16, one 1280x720 image
   e   summary       benchmarks/results/gpu_check_<gpu>.md (+ .json, .log, CSVs) against the goals
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -465,8 +467,15 @@ class GpuCheck:
         self.data["select"] = rows
         if rc == 0 and rows:
             best = max(rows, key=lambda r: float(r["speedup"]))
+            graphed = [r for r in rows if _num(r.get("triton_graph_ms")) is not None]
+            same = sum(str(r.get("graph_same_idx")) == "True" for r in graphed)
+            gbest = max((r for r in rows if _num(r.get("speedup_graph")) is not None),
+                        key=lambda r: float(r["speedup_graph"]), default=None)
+            graph = (f"; GPU time (CUDA graphs): {len(graphed)}/{len(rows)} cases captured, {same} replaying the "
+                     "eager indices" + (f", best speedup {float(gbest['speedup_graph']):.2f}x (N={gbest['n']}, "
+                                        f"B={gbest['images']})" if gbest else ", no torch graph time"))
             self.record("bench-select", "passed", f"{len(rows)} cases; best speedup {float(best['speedup']):.2f}x "
-                        f"(N={best['n']}, B={best['images']})", child.seconds)
+                        f"(N={best['n']}, B={best['images']}){graph}", child.seconds)
         else:
             self.record("bench-select", "failed", child.why(rc, limit), child.seconds)
 
@@ -497,6 +506,8 @@ class GpuCheck:
         at = [r for r in rows if abs(float(r["ratio"]) - GOAL_PREFILL_RATIO) < 1e-9]
         if rc == 0 and rows:
             detail = f"speedup {float(at[0]['speedup']):.2f}x at ratio {GOAL_PREFILL_RATIO}" if at else "no 0.2 row"
+            if at and _num(at[0].get("speedup_graph")) is not None:
+                detail += f"; {float(at[0]['speedup_graph']):.2f}x with the LLM in CUDA graphs"
             self.record("hf-prefill", "passed", detail, child.seconds)
         else:
             self.record("hf-prefill", "failed", child.why(rc, limit), child.seconds)
@@ -688,30 +699,58 @@ def git_commit() -> str:
         return "unknown (no git)"
 
 
+def _num(v) -> float | None:
+    """A finite float from a CSV cell, else None (empty, "None", "nan", text)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+#: Labels of the two measurements of the selection goals.
+EAGER_LABEL = "(eager call, host launch overhead included)"
+GRAPH_LABEL = "(GPU time, CUDA-graph replay)"
+
+
 def evaluate_goals(select_rows: list, hf_rows: list, min_n: int) -> list[dict]:
-    """Each goal: threshold, measured value (the worst case), verdict met / NOT met / not measured."""
+    """Each goal: threshold, measured value (the worst case), verdict met / NOT met / not measured.
+
+    The selection goals are evaluated twice: on the eager call's times and on the GPU times of the same call replayed
+    from a CUDA graph. A graph goal counts only cases whose replayed Triton graph reproduced the eager indices
+    (``graph_same_idx``); it is ``met`` only when every case with N >= min_n has a valid graph measurement (a missing
+    one gives ``not measured``, or ``NOT met`` when a measured case already misses the threshold).
+    """
     goals = []
+    num = _num
 
-    def num(v):
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return None
-
-    def worst(key, label, threshold, unit):
+    def worst(key, label, threshold, unit, graph=False):
         g = {"goal": label, "threshold": f">= {threshold:g}{unit}", "measured": "", "where": "",
              "verdict": "not measured"}
-        big = [r for r in select_rows if (num(r.get("n")) or 0) >= min_n and num(r.get(key)) is not None]
+        cases = [r for r in select_rows if (num(r.get("n")) or 0) >= min_n]
+        big = [r for r in cases if num(r.get(key)) is not None
+               and (not graph or str(r.get("graph_same_idx")) == "True")]
+        missing = len(cases) - len(big) if graph else 0
         if big:
             w = min(big, key=lambda r: float(r[key]))
-            g["measured"] = f"{float(w[key]):.2f}{unit} (worst)"
+            g["measured"] = f"{float(w[key]):.2f}{unit} (worst)" + (
+                f"; {missing} of {len(cases)} cases not measured" if missing else "")
             g["where"] = f"B={w['images']} N={w['n']} D={w['d']} r={w['r']}"
-            g["verdict"] = "met" if float(w[key]) >= threshold else "NOT met"
+            g["verdict"] = "NOT met" if float(w[key]) < threshold else ("not measured" if missing else "met")
+        elif graph and cases:
+            why = next((f"{c}: {r[c]}" for r in cases for c in ("triton_graph_note", "torch_graph_note",
+                                                                   "copy_graph_note") if r.get(c)), "")
+            if not why and any(str(r.get("graph_same_idx")) == "False" for r in cases):
+                why = "replayed Triton graph did not reproduce the eager indices"
+            g["where"] = why[:200] or "no graph measurement in the results"
         goals.append(g)
 
-    worst("speedup", f"selection chain (select_tokens) vs torch reference, N >= {min_n}", GOAL_SELECT_SPEEDUP, "x")
-    worst("pct_of_copy_same_bytes", f"selection chain vs device copy of the same bytes, N >= {min_n}",
-          GOAL_SELECT_COPY_PCT, "%")
+    speed = f"selection chain (select_tokens) vs torch reference, N >= {min_n}"
+    copy = f"selection chain vs device copy of the same bytes, N >= {min_n}"
+    worst("speedup", f"{speed} {EAGER_LABEL}", GOAL_SELECT_SPEEDUP, "x")
+    worst("speedup_graph", f"{speed} {GRAPH_LABEL}", GOAL_SELECT_SPEEDUP, "x", graph=True)
+    worst("pct_of_copy_same_bytes", f"{copy} {EAGER_LABEL}", GOAL_SELECT_COPY_PCT, "%")
+    worst("pct_of_copy_same_bytes_graph", f"{copy} {GRAPH_LABEL}", GOAL_SELECT_COPY_PCT, "%", graph=True)
     g = {"goal": f"HF Qwen2.5-VL-7B prefill speedup at ratio {GOAL_PREFILL_RATIO}",
          "threshold": f">= {GOAL_PREFILL_SPEEDUP:g}x", "measured": "", "where": "", "verdict": "not measured"}
     at = [r for r in hf_rows if abs((num(r.get("ratio")) or 0) - GOAL_PREFILL_RATIO) < 1e-9
@@ -721,6 +760,19 @@ def evaluate_goals(select_rows: list, hf_rows: list, min_n: int) -> list[dict]:
         g["measured"] = f"{s:.2f}x"
         g["where"] = f"N={at[0]['N']} K={at[0]['K']}, prefill {float(at[0]['prefill_ms_p50']):.1f} ms"
         g["verdict"] = "met" if s >= GOAL_PREFILL_SPEEDUP else "NOT met"
+    goals.append(g)
+    # the same with the LLM forward replayed from CUDA graphs (hf_gpu_prefill.py's optional speedup_graph column)
+    g = {"goal": f"HF Qwen2.5-VL-7B prefill speedup at ratio {GOAL_PREFILL_RATIO} (LLM in CUDA graphs)",
+         "threshold": f">= {GOAL_PREFILL_SPEEDUP:g}x", "measured": "", "where": "", "verdict": "not measured"}
+    at = [r for r in hf_rows if abs((num(r.get("ratio")) or 0) - GOAL_PREFILL_RATIO) < 1e-9]
+    if at and num(at[0].get("speedup_graph")) is not None:
+        s = num(at[0]["speedup_graph"])
+        p50 = num(at[0].get("prefill_graph_ms_p50"))
+        g["measured"] = f"{s:.2f}x"
+        g["where"] = f"N={at[0].get('N')} K={at[0].get('K')}" + (f", prefill {p50:.1f} ms" if p50 is not None else "")
+        g["verdict"] = "met" if s >= GOAL_PREFILL_SPEEDUP else "NOT met"
+    elif hf_rows:
+        g["where"] = "no speedup_graph value in the prefill results"
     goals.append(g)
     return goals
 
@@ -771,6 +823,23 @@ def render_summary(check: GpuCheck, goals: list, final: bool) -> str:
                         [[r["images"], r["n"], r["d"], r["r"], r["k"], r["triton_ms"], r["torch_ms"], r["speedup"],
                           r["copy_same_bytes_ms"], r["pct_of_copy_same_bytes"], r["pct_of_copy_bw"],
                           r["same_indices"]] for r in sel])
+        lines += ["", "GPU time of the same calls: each captured once in a CUDA graph (warm-up on a side stream; the "
+                  "plan and the pinned copy of the sizes inside the captured call), `do_bench` medians of "
+                  "`graph.replay()`, the copy likewise; no host launch overhead (in serving the selection is launched "
+                  "asynchronously behind the vision tower). `graph same idx`: the replayed Triton graph holds the "
+                  "eager call's indices. `-`: not measured (see the notes).", ""]
+        lines += _table(["B", "N", "D", "r", "K", "Triton graph ms", "torch graph ms", "speedup (graph)",
+                         "copy graph ms", "% copy (graph)", "% 1 GiB copy (graph)", "graph same idx"],
+                        [[r["images"], r["n"], r["d"], r["r"], r["k"]]
+                         + [r.get(c) or "-" for c in ("triton_graph_ms", "torch_graph_ms", "speedup_graph",
+                                                      "copy_same_bytes_graph_ms", "pct_of_copy_same_bytes_graph",
+                                                      "pct_of_copy_bw_graph", "graph_same_idx")] for r in sel])
+        notes = sorted({f"{label}: {r[c]}" for r in sel for label, c in (
+            ("Triton graph", "triton_graph_note"), ("torch graph", "torch_graph_note"),
+            ("copy graph", "copy_graph_note")) if r.get(c)})
+        if notes:
+            lines += ["", "Graph notes:", ""] + [f"- {n.replace('|', '/')}" for n in notes[:12]] + (
+                [f"- ... {len(notes) - 12} more in the CSV"] if len(notes) > 12 else [])
     mmr = data.get("mmr", [])
     if mmr:
         lines += ["", "## MMR selection (c2, bench_mmr.py; * = extrapolated from K = 8, 16)", ""]
@@ -781,10 +850,18 @@ def render_summary(check: GpuCheck, goals: list, final: bool) -> str:
     hf = data.get("hf", [])
     if hf:
         lines += ["", "## HF prefill (d, hf_gpu_prefill.py)", ""]
-        lines += _table(["ratio", "K", "prompt tokens", "prefill p50 ms", "LLM ms", "speedup", "ceiling (measured)"],
+        graph_cols = [c for c in ("prefill_graph_ms_p50", "speedup_graph") if c in hf[0]]  # optional columns
+
+        def opt(r, c):
+            v = _num(r.get(c))
+            return "-" if v is None else (f"{v:.2f}x" if c == "speedup_graph" else f"{v:.1f}")
+
+        lines += _table(["ratio", "K", "prompt tokens", "prefill p50 ms", "LLM ms", "speedup", "ceiling (measured)"]
+                        + [{"prefill_graph_ms_p50": "prefill p50 ms (LLM in CUDA graphs)",
+                            "speedup_graph": "speedup (LLM in CUDA graphs)"}[c] for c in graph_cols],
                         [[r["ratio"], r["K"], r["prompt_tokens"], f"{float(r['prefill_ms_p50']):.1f}",
                           f"{float(r['llm_ms_p50']):.1f}", f"{float(r['speedup']):.2f}x",
-                          f"{float(r['ceiling_measured']):.2f}x"] for r in hf])
+                          f"{float(r['ceiling_measured']):.2f}x"] + [opt(r, c) for c in graph_cols] for r in hf])
     sweep = data.get("sweep", [])
     if sweep:
         by = collections.Counter((r["op"], r["ok"] == "True") for r in sweep)
@@ -902,6 +979,44 @@ def fake_cuda_on_cpu() -> None:
             times.append((time.perf_counter() - t0) * 1e3)
         return sorted(times)[len(times) // 2]
 
+    class Stream:
+        """torch.cuda.Stream stand-in: everything runs in order on the CPU."""
+
+        def __init__(self, *a, **kw):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class CUDAGraph:
+        """torch.cuda.CUDAGraph stand-in: the captured body ran once, eagerly, inside ``graph(...)``; replay() does
+        nothing, so the outputs keep the capture's results (what a faithful replay of fixed inputs gives)."""
+
+        def __init__(self, *a, **kw):
+            self.captured = False
+
+        def replay(self):
+            if not self.captured:
+                raise RuntimeError("replay of a graph that was never captured")
+
+    class graph:  # the name torch.cuda uses
+        """torch.cuda.graph stand-in: checks the arguments the real one takes, runs the body eagerly."""
+
+        def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+            if capture_error_mode not in ("default", "global", "thread_local", "relaxed"):
+                raise ValueError(f"unknown capture_error_mode {capture_error_mode!r}")
+            self.cuda_graph = cuda_graph
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.cuda_graph.captured = exc[0] is None
+            return False
+
     real_gen = torch.Generator
     for name in ("randn", "empty", "zeros", "ones", "full", "rand", "randint", "arange", "tensor"):
         setattr(torch, name, on_cpu(getattr(torch, name)))
@@ -912,6 +1027,11 @@ def fake_cuda_on_cpu() -> None:
     torch.cuda.synchronize = lambda *a: None
     torch.cuda.empty_cache = lambda: None
     torch.cuda.Event = Event
+    torch.cuda.Stream = Stream
+    torch.cuda.current_stream = lambda *a: Stream()
+    torch.cuda.stream = lambda s=None: contextlib.nullcontext()
+    torch.cuda.CUDAGraph = CUDAGraph
+    torch.cuda.graph = graph
     triton.testing.do_bench = do_bench
 
 
@@ -940,6 +1060,9 @@ def child_bench_select(mode: str, out: Path) -> int:
     import torch
     import triton.testing
 
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=profile.select_rep, return_mode="median")
+
     src_csv = sorted(out.glob("bench_select_*.csv"))[0]
     rows = read_csv(src_csv)
     cache: dict[int, float] = {}
@@ -949,8 +1072,7 @@ def child_bench_select(mode: str, out: Path) -> int:
         if elems not in cache:
             src = torch.empty(elems, dtype=torch.bfloat16, device="cuda").normal_()
             dst = torch.empty_like(src)
-            cache[elems] = triton.testing.do_bench(lambda dst=dst, src=src: dst.copy_(src), warmup=25,
-                                                   rep=profile.select_rep, return_mode="median")
+            cache[elems] = bench(lambda dst=dst, src=src: dst.copy_(src))
             src = dst = None
         copy_ms = cache[elems]
         row["copy_same_bytes_ms"] = round(copy_ms, 4)
@@ -959,9 +1081,39 @@ def child_bench_select(mode: str, out: Path) -> int:
         print(f"B={images} N={n:5d} D={d} K={k:5d}  copy of the same bytes {copy_ms:.4f} ms "
               f"({row['copy_same_bytes_gbps']} GB/s): selection at {row['pct_of_copy_same_bytes']}% of it",
               flush=True)
+    # GPU time of the same copies, replayed from CUDA graphs (after every eager copy): like with like for the
+    # selection's graph time, with the same capture / replay timing (bench_select.GraphTimer)
+    timer = bs.GraphTimer(torch, bench)
+    graphs: dict[int, tuple] = {}
+    try:
+        for elems in cache:
+            src = torch.empty(elems, dtype=torch.bfloat16, device="cuda").normal_()
+            dst = torch.empty_like(src)
+            graphs[elems] = timer.measure(lambda dst=dst, src=src: dst.copy_(src), "copy")[::2]  # (ms, note)
+            src = dst = None
+    except Exception as exc:  # never costs the eager columns
+        print(f"copy graph pass failed: {bs.reason(exc)}", flush=True)
+        for elems in cache:
+            graphs.setdefault(elems, (None, f"copy graph pass failed: {bs.reason(exc)}"))
+    for row in rows:
+        images, n, d, k = (int(row[c]) for c in ("images", "n", "d", "k"))
+        copy_graph_ms, note = graphs[images * (n + k) * d // 2]
+        tri_graph = _num(row.get("triton_graph_ms"))
+        row["copy_same_bytes_graph_ms"] = round(copy_graph_ms, 4) if copy_graph_ms is not None else None
+        row["pct_of_copy_same_bytes_graph"] = (round(100 * copy_graph_ms / tri_graph, 1)
+                                               if copy_graph_ms is not None and tri_graph else None)
+        row["copy_graph_note"] = note
+        print(f"B={images} N={n:5d} D={d} K={k:5d}  graph replay: copy of the same bytes "
+              f"{row['copy_same_bytes_graph_ms'] or '-'} ms, selection {row.get('triton_graph_ms') or '-'} ms: "
+              f"selection at {row['pct_of_copy_same_bytes_graph'] or '-'}% of it"
+              + (f" [copy graph: {note}]" if note else ""), flush=True)
     keys = ["gpu", "images", "n", "d", "r", "k", "dtype", "triton_ms", "torch_ms", "speedup", "effective_gbps",
             "copy_same_bytes_ms", "copy_same_bytes_gbps", "pct_of_copy_same_bytes", "pct_of_copy_bw", "copy_gbps",
-            "gather_triton_ms", "gather_torch_ms", "same_indices", "same_rows", "max_score_err"]
+            "gather_triton_ms", "gather_torch_ms", "same_indices", "same_rows", "max_score_err",
+            # GPU time, CUDA-graph replay (empty when not measured; the notes say why)
+            "triton_graph_ms", "torch_graph_ms", "speedup_graph", "effective_gbps_graph", "copy_same_bytes_graph_ms",
+            "pct_of_copy_same_bytes_graph", "pct_of_copy_bw_graph", "graph_same_idx", "triton_graph_note",
+            "torch_graph_note", "copy_graph_note"]
     with open(out / "select_copy.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         wr.writeheader()
