@@ -62,6 +62,8 @@ for arch in ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGenerat
     out[arch] = f"{cls.__module__}.{cls.__name__}"
 from vllm.v1.worker import cpu_model_runner
 out["cpu_runner_patched"] = getattr(cpu_model_runner.CPUModelRunner.load_model, "__vs_vllm_patched__", False)
+out["media_steps_patched"] = getattr(
+    cpu_model_runner.CPUModelRunner._gather_mm_embeddings, "__vs_vllm_patched__", False)
 from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
 class Cfg: pass
 cfg = Cfg(); cfg.multimodal_config = MultiModalConfig()
@@ -75,10 +77,12 @@ print(json.dumps(out))
         "vllm.model_executor.models.qwen2_5_vl.Qwen2_5_VLForConditionalGeneration"
     assert stock["Qwen2VLForConditionalGeneration"] == "vllm.model_executor.models.qwen2_vl.Qwen2VLForConditionalGeneration"
     assert stock["cpu_runner_patched"] is False
+    assert stock["media_steps_patched"] is False
     enabled = _run(code, VS_VLLM_ENABLE="1")
     assert enabled["Qwen2_5_VLForConditionalGeneration"] == \
         "vs_vllm.vllm_plugin.adapters.qwen2_5_vl.VsQwen2_5_VLForConditionalGeneration"
     assert enabled["Qwen2VLForConditionalGeneration"] == \
         "vs_vllm.vllm_plugin.adapters.qwen2_vl.VsQwen2VLForConditionalGeneration"
     assert enabled["cpu_runner_patched"] is True
+    assert enabled["media_steps_patched"] is True
     assert enabled["instance"] is True and enabled["class"] is False

@@ -21,8 +21,8 @@ def register() -> None:
     Installed but not enabled, the plugin changes nothing: vLLM serves exactly as stock vLLM. Enabled
     (``VS_VLLM_ENABLE=1``, which ``vs-vllm serve`` sets and child processes inherit), it checks the vLLM version,
     replaces the supported architectures' model classes (and with them their multimodal processors), lets the
-    per-request visual-token counts reach the HTTP layer, and on the CPU platform backports the GPU runner's pruning
-    flag to the CPU runner (``patches/``: one file per patch, each saying what, why and for which vLLM versions).
+    per-request visual-token counts reach the HTTP layer, lets the V1 runner skip the pruning hook on steps without
+    media rows (decodes), and on the CPU platform backports the GPU runner's pruning flag to the CPU runner (``patches/``: one file per patch, each saying what, why and for which vLLM versions).
     """
     global _registered
     if _registered:
@@ -36,11 +36,13 @@ def register() -> None:
         return
     from vs_vllm.vllm_plugin import adapters, patches
     from vs_vllm.vllm_plugin.patches.cpu_runner import patch_cpu_runner_when_imported
+    from vs_vllm.vllm_plugin.patches.media_steps import patch_media_steps_when_imported
     from vs_vllm.vllm_plugin.patches.renderer_context import propagate_context_to_renderer_when_imported
 
     version = patches.check_vllm_version()
     adapters.register_models()
     propagate_context_to_renderer_when_imported()
+    patch_media_steps_when_imported()
     if _is_cpu_platform():
         patch_cpu_runner_when_imported()
     logger.info(

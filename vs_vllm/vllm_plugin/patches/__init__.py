@@ -3,7 +3,7 @@
 vs-vllm extends vLLM through its documented model-extension surface (``ModelRegistry.register_model``,
 ``MULTIMODAL_REGISTRY.register_processor``, ``MultiModalFieldConfig``, the ``SupportsMultiModal`` /
 ``SupportsMRoPE`` / ``SupportsMultiModalPruning`` methods). What that surface does not give is listed in
-:data:`PRIVATE_API` — the three patches (one file each in this folder), the protected methods the generic pruning
+:data:`PRIVATE_API` — the patches (one file each in this folder), the protected methods the generic pruning
 layer overrides or calls, and private helpers — each with the versions it was checked against and why.
 Architecture adapters add their own entries (``ArchitectureAdapter.private_api``). ``tests/vllm/test_vllm_api_surface.py``
 checks every entry (and every public hook we implement) against the installed vLLM, so the next minor release fails
@@ -84,6 +84,12 @@ PRIVATE_API: tuple[ApiTouch, ...] = (
              "the CPU runner never sets is_multimodal_pruning_enabled", "patches/cpu_runner.py", ("0.32",)),
     ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model", "call", None,
              "its flag rule is what patches/cpu_runner.py backports (checked to still exist)", "patches/cpu_runner.py"),
+    ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings", "patch",
+             ("self", "scheduler_output", "shift_computed_tokens"),
+             "the V1 runner calls the pruning hook for every request on every step; skip steps without media rows",
+             "patches/media_steps.py"),
+    ApiTouch("vllm.multimodal.utils:get_mm_features_in_window", "call", ("mm_features", "start", "end"),
+             "vLLM's own test for media items in a request's window", "patches/media_steps.py"),
     ApiTouch("vllm.renderers.base:make_async", "patch", ("func", "executor"),
              "thread-pool calls drop contextvars (per-request visual-token counts)", "patches/renderer_context.py"),
     ApiTouch(f"{_PROCESSOR}._call_hf_processor", "override", ("self", "hf_data", "hf_kwargs"),
