@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm.multimodal.inputs import PlaceholderRange  # noqa: E402
+from vllm.multimodal.inputs import PlaceholderRange
 
-from vs_vllm.vllm_plugin.patches.media_steps import patch_media_steps, step_has_media_rows  # noqa: E402
+from vs_vllm.vllm_plugin.patches.media_steps import patch_media_steps, step_has_media_rows
 
 
 def _request(computed: int, spans: list[tuple[int, int]]):
