@@ -356,7 +356,7 @@ def test_tiny_run_end_to_end(tmp_path):
                    "vit_ms_p50_per_window", "llm_graph_ms_p50", "prefill_graph_ms_p50", "speedup_graph",
                    "graph_matches_eager", "graph_rel_err", "graph_error"):
         assert column in rows[0], column
-    assert all(r["vit_attention"] == "varlen" and float(r["vit_rel_err"]) <= 1e-4 for r in rows)
+    assert all(r["vit_attention"] == "padded" and float(r["vit_rel_err"]) <= 1e-4 for r in rows)
     assert float(rows[1]["speedup"]) > 0 and all(float(r["vit_ms_p50_padded"]) > 0 for r in rows)
     assert rows[0]["graph_error"] and rows[1]["graph_error"].startswith("not tried")
     assert rows[1]["speedup_graph"] == "" and rows[0]["llm_graph_ms_p50"] == ""  # empty, not "nan"
