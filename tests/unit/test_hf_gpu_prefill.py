@@ -362,4 +362,4 @@ def test_tiny_run_end_to_end(tmp_path):
     assert rows[1]["speedup_graph"] == "" and rows[0]["llm_graph_ms_p50"] == ""  # empty, not "nan"
     text = md.read_text()
     assert "| speedup (graph) | graph = eager |" in text and "CUDA graph errors:" in text
-    assert "ViT attention: `varlen`" in text
+    assert "ViT attention: `padded`" in text
