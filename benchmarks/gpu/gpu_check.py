@@ -694,7 +694,14 @@ def git_commit() -> str:
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                            timeout=10)
-        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown (no git metadata)"
+        if r.returncode != 0 or not r.stdout.strip():
+            return "unknown (no git metadata)"
+        # A copied checkout can carry older .git metadata than its files (the device tool ships the working tree):
+        # say so instead of naming a commit the code no longer is.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10)
+        changed = dirty.returncode != 0 or bool(dirty.stdout.strip())
+        return r.stdout.strip() + (" + uncommitted changes (see the kernels' sha256)" if changed else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (no git)"
 
