@@ -56,6 +56,14 @@ bench-prefill-quick: setup
 bench-prefill-video: setup
 	@$(VPY) -m vs_vllm bench prefill --workload video --video-frames 16,32 $(BENCH_ARGS)
 
+# Decode benchmark (issue 15): ITL p50/p99, TPOT and TTFT of stock vLLM vs vs-vllm for text-only, ratio-1.0 and
+# ratio-0.3 image requests, one server at a time, 3 repeats in ABBA order. Needs a quiet machine: results go to
+# benchmarks/results/decode_cpu.* (~10 min on 2 cores); BENCH_ARGS="--model-kind tiny" for the tiny model
+# (decode_cpu_tiny.*), BENCH_ARGS=--quick for a ~2 min smoke run into .cache/bench-decode-quick/.
+.PHONY: bench-decode
+bench-decode: setup
+	@$(VPY) -m vs_vllm bench decode $(BENCH_ARGS)
+
 # Synthetic visual-QA benchmark (benchmarks/synthetic/): generate data, train a small model from scratch, train its
 # scorer, evaluate every method at every ratio through `vs-vllm serve`; results go to benchmarks/results/synthetic_*.
 # ARCH=qwen3_vl builds the base model as Qwen3-VL (artefacts under artifacts/qwen3_vl, results synthetic_qwen3_vl_*).

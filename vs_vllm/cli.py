@@ -359,7 +359,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks (prefill: TTFT and throughput of stock vLLM vs the plugin across retention ratios)",
+        help="benchmarks (prefill: TTFT and throughput of stock vLLM vs the plugin across retention ratios; decode: "
+        "ITL/TPOT overhead of the plugin)",
         description="Benchmarks of vs-vllm.",
     )
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK")
@@ -387,6 +388,39 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         return run_from_args(args, "vs-vllm bench prefill", argv)
 
     prefill.set_defaults(handler=run)
+
+    decode = bench_sub.add_parser(
+        "decode",
+        help="decode ITL/TPOT and TTFT through the OpenAI server: stock vLLM vs vs-vllm, text-only and image "
+        "requests (CPU)",
+        description=(
+            "Serve the benchmark-size (or, with --model-kind tiny, the tiny) random-weight Qwen2.5-VL with stock\n"
+            "`vllm serve` and with `vs-vllm serve`, ONE server at a time, ABBA order over --repeats (stock, plugin |\n"
+            "plugin, stock | ...), and run closed-loop streamed requests that each decode exactly --output-tokens\n"
+            "tokens: text-only, one image at retention ratio 1.0, one image at 0.3. Reports ITL p50/p99, TPOT and\n"
+            "TTFT per server and workload, the plugin/stock ratios with their spread and the zero-overhead goals of\n"
+            "issue 15, in decode_cpu[_tiny].{csv,md}, _requests.csv, _meta.json and _itl.png."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  vs-vllm bench decode --quick                      # ~2 min smoke run -> .cache/bench-decode-quick/\n"
+            "  vs-vllm bench decode                              # bench model -> benchmarks/results/decode_cpu.*\n"
+            "  vs-vllm bench decode --model-kind tiny            # tiny model -> benchmarks/results/decode_cpu_tiny.*\n"
+            "  vs-vllm bench decode --report-only benchmarks/results   # re-render the reports from the CSVs"
+        ),
+    )
+    from vs_vllm.benchmarking.decode import add_arguments as add_decode_arguments
+
+    add_decode_arguments(decode)
+
+    def run_decode(args: argparse.Namespace) -> int:
+        from vs_vllm.benchmarking.decode import run_from_args as run_decode_from_args
+
+        argv = sys.argv[sys.argv.index("decode") + 1:] if "decode" in sys.argv else []
+        return run_decode_from_args(args, "vs-vllm bench decode", argv)
+
+    decode.set_defaults(handler=run_decode)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,10 @@ Each request is a streamed ``/v1/chat/completions`` call with one image or video
 exists). ``concurrency`` workers take prebuilt payloads from a queue until it is empty. While a run is in flight a
 side task polls ``/metrics`` for the peak ``vllm:kv_cache_usage_perc``; the server's own histograms (queue, prefill,
 TTFT) are read before and after the run and their deltas give the server-side means over the run.
+
+For the decode benchmark (:mod:`vs_vllm.benchmarking.decode`, requests with ``max_tokens`` = ``min_tokens`` = N) each
+:class:`RequestResult` also holds the completion token count (final usage chunk) and the gaps between the streamed
+chunks that carry tokens (``itl_s``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class RequestResult:
     visual_total: int | None = None
     status: int = 0
     error: str = ""
+    # Decode timing (vs_vllm.benchmarking.decode): completion tokens from the final usage chunk, the number of streamed
+    # chunks that carried generated tokens (every chunk with choices but the first, role-only one), and the gaps
+    # between consecutive such chunks (inter-token latency; one token per chunk unless the API server merged outputs).
+    output_tokens: int | None = None
+    token_chunks: int = 0
+    itl_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -127,6 +137,7 @@ async def _one_request(session, url: str, payload: Mapping[str, Any]) -> Request
     start = time.perf_counter()
     ttft = None
     usage = None
+    token_times: list[float] = []
     try:
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
             kept = resp.headers.get("x-vs-visual-tokens-kept")
@@ -148,8 +159,13 @@ async def _one_request(session, url: str, payload: Mapping[str, Any]) -> Request
                         obj = json.loads(data)
                         if "error" in obj:
                             return RequestResult(False, status=resp.status, error=str(obj["error"])[:300])
-                        if ttft is None and obj.get("choices"):
-                            ttft = time.perf_counter() - start
+                        choices = obj.get("choices")
+                        if choices:
+                            now = time.perf_counter()
+                            if ttft is None:
+                                ttft = now - start
+                            if not any("role" in (c.get("delta") or {}) for c in choices):
+                                token_times.append(now)
                         if obj.get("usage"):
                             usage = obj["usage"]
             latency = time.perf_counter() - start
@@ -165,6 +181,9 @@ async def _one_request(session, url: str, payload: Mapping[str, Any]) -> Request
         visual_kept=int(kept) if kept is not None else None,
         visual_total=int(total) if total is not None else None,
         status=200,
+        output_tokens=int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else None,
+        token_chunks=len(token_times),
+        itl_s=[b - a for a, b in zip(token_times, token_times[1:])],
     )
 
 
