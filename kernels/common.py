@@ -101,6 +101,22 @@ def host_ints_on(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def host_segments_on(segments: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
+    """Several host int lists as int64 tensors on ``device``, in ONE host-to-device copy (``host_ints_on``), each
+    starting 16 bytes apart from the buffer's start: a kernel specialises on its pointers' 16-byte alignment, so a
+    segment at an odd int64 offset (e.g. cu_keep after B + 1 cu_seqlens) would compile another variant for odd B."""
+    flat: list[int] = []
+    bounds = []
+    for seg in segments:
+        start = len(flat)
+        flat.extend(int(v) for v in seg)
+        bounds.append((start, len(flat)))
+        if len(flat) % 2:
+            flat.append(0)  # padding: the next segment starts 16-byte aligned
+    t = host_ints_on(flat, device)
+    return [t[a:b] for a, b in bounds]
+
+
 def _host_ints(value: IntList, name: str) -> list[int]:
     """A list of Python ints from a list/tuple or a tensor (a device tensor costs one sync: pass host sizes)."""
     if isinstance(value, torch.Tensor):

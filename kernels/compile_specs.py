@@ -14,7 +14,7 @@ from .score import (
 )
 from .topk_select import _select_kernel, _select_warps
 
-__all__ = ["KERNELS", "aligned_attrs", "compile_specs"]
+__all__ = ["KERNELS", "aligned_attrs", "compile_specs", "unspecialized_args"]
 
 KERNELS = {
     "mean_partial": _mean_partial_kernel,
@@ -149,11 +149,25 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
     return specs
 
 
+def unspecialized_args(fn) -> frozenset[str]:
+    """The arguments a kernel declares ``do_not_specialize`` (per-request counts: the JIT compiles one variant for
+    every value), for a JIT-compiled or an interpreted kernel."""
+    names = getattr(fn, "do_not_specialize", None)
+    if names is None:  # triton's InterpretedFunction keeps the decorator's arguments in .kwargs
+        names = getattr(fn, "kwargs", {}).get("do_not_specialize")
+    arg_names = list(fn.arg_names)
+    return frozenset(arg_names[a] if isinstance(a, int) else str(a) for a in (names or ()))
+
+
 def aligned_attrs(fn, signature: dict) -> dict:
     """ASTSource attrs marking every pointer and every int argument divisible by 16, as the JIT does when a call's
-    pointers are 16-byte aligned and its sizes/strides are multiples of 16 (the usual case: D = 2048, 3584, ...)."""
+    pointers are 16-byte aligned and its sizes/strides are multiples of 16 (the usual case: D = 2048, 3584, ...);
+    ``do_not_specialize`` arguments get no hint, as from the JIT."""
     out = {}
+    skip = unspecialized_args(fn)
     for name, ty in signature.items():
+        if name in skip:
+            continue
         if ty.startswith("*") or ty in ("i32", "i64"):
             out[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
     return out

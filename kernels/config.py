@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .common import Plan, host_ints_on, require_powers_of_two
+from .common import Plan, host_segments_on, require_powers_of_two
 
 __all__ = ["GPU_CONFIG", "INTERPRET", "INTERPRETER_CONFIG", "KernelConfig", "get_config", "set_config"]
 
@@ -129,16 +129,13 @@ def _split(units: int, base_programs: int, target: int) -> tuple[int, int]:
 
 
 def _device_meta(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """cu_seqlens, cu_keep and host grids as int64 on ``device``, in one host-to-device copy."""
-    host = list(plan.cu_seqlens) + list(plan.cu_keep)
+    """cu_seqlens, cu_keep and host grids as int64 on ``device``, in one host-to-device copy, each 16-byte aligned."""
+    segments = [plan.cu_seqlens, plan.cu_keep]
     if plan.grids is not None:
-        for g in plan.grids:
-            host.extend(g)
-    t = host_ints_on(host, device)
-    nb = len(plan.cu_seqlens)
-    cu, cuk = t[:nb], t[nb : 2 * nb]
+        segments.append([v for g in plan.grids for v in g])
+    cu, cuk, *rest = host_segments_on(segments, device)
     if plan.grids is not None:
-        grids = t[2 * nb :]
+        grids = rest[0]
     elif plan.grids_tensor is not None:
         grids = plan.grids_tensor.to(device=device, dtype=torch.long).contiguous().reshape(-1)
     else:

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Plan, Selection, empty_selection, host_ints_on, make_plan, require_powers_of_two
+from .common import Plan, Selection, empty_selection, host_segments_on, make_plan, require_powers_of_two
 from .config import INTERPRET, _row_major
 from .gather import gather_with_plan_triton
 from .mmr_reference import Lambdas, lambdas_for
@@ -350,9 +350,7 @@ def mmr_with_plan_triton(
     max_n = max(plan.lengths[i] for i in mmr_imgs)
     block_n, block_v, block_r = _blocks(max_n, cfg, _aligned16(x))
     block_d = _block_d(d, cfg)
-    meta = host_ints_on(list(plan.cu_seqlens) + list(plan.cu_keep) + mmr_imgs, dev)
-    nb = plan.num_images + 1
-    cu, cuk, img = meta[:nb], meta[nb : 2 * nb], meta[2 * nb :]
+    cu, cuk, img = host_segments_on([plan.cu_seqlens, plan.cu_keep, mmr_imgs], dev)
     lam = _host_floats_on([v for i in mmr_imgs for v in (lambdas[i], 1.0 - lambdas[i])], dev)  # [G, 2]
 
     inv = _empty((total,), dtype=torch.float32, device=dev)

@@ -12,6 +12,11 @@ select kernel (``topk_select.py``) sums. Every pass is deterministic (no atomics
 Addressing: the base of each tile is computed in int64 (row index cast to int64 before it is multiplied by the row
 stride); offsets inside a tile are int32 (BLOCK rows x stride). Loads vectorise to 16 bytes when x's row stride is a
 multiple of 16 elements (the JIT specialises on it; D = 2048 / 3584 / 4096 are); odd D still works, with scalar loads.
+Specialisation: D, H and the strides are fixed per model and worth specialising on; the slice sizes (``tile_rows``,
+``d_per_split``, ``h_per_split``) are always multiples of a block size, so they fall in one specialisation class;
+the per-request counts (images ``B``, row tiles, split counts, ``total`` rows) are ``do_not_specialize``: the JIT
+compiles one variant per model and block configuration, never one per request shape (``warmup.py`` compiles them
+all at model load; tests/kernels/test_kernels_no_recompile.py counts the variants a sweep of request shapes hits).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .common import Plan
 from .config import KernelConfig, _cdiv, _split, empty_buffer
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tiles"])
 def _mean_partial_kernel(
     x_ptr,
     cu_ptr,
@@ -58,7 +63,7 @@ def _mean_partial_kernel(
     tl.store(dst, tl.sum(acc, axis=0), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tiles"])
 def _mean_finalize_kernel(part_ptr, cu_ptr, xbar_ptr, D, n_tiles, BLOCK_D: tl.constexpr):
     """xbar[b, :] = sum_t part[b, t, :] / N_b, the tiles summed in order."""
     pid_d = tl.program_id(0)
@@ -75,7 +80,7 @@ def _mean_finalize_kernel(part_ptr, cu_ptr, xbar_ptr, D, n_tiles, BLOCK_D: tl.co
     tl.store(xbar_ptr + b.to(tl.int64) * D + cols, acc / count, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])
 def _kbar_partial_kernel(
     wk_ptr,
     xbar_ptr,
@@ -112,7 +117,7 @@ def _kbar_partial_kernel(
     tl.store(dst, tl.sum(acc, axis=1), mask=hmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "n_ksplits"])
 def _u_partial_kernel(
     wq_ptr,
     bq_ptr,
@@ -161,7 +166,7 @@ def _u_partial_kernel(
         tl.store(cpart_ptr + s * B + b, tl.sum(cacc, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total"])
 def _score_partial_kernel(
     x_ptr,
     cu_ptr,

@@ -6,6 +6,8 @@ key above it plus the first ``need`` keys equal to it (a cumsum, so ties go to t
 ``cumsum(selected) - 1``, which yields ascending local indices. Deterministic (no atomics).
 
 NaN scores are not detected here (that would need a host sync); they rank above +inf, like ``torch.topk``.
+Variants: one per select bucket (``_select_params``: BLOCK 256 ... ``sel_one_chunk_max`` register-resident, then the
+chunked kernel); the per-request counts (``total``, split counts, ``B``) are ``do_not_specialize``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _radix_digit(key, prefix, valid, R: tl.constexpr, RADIX_BITS: tl.constexpr):
     return digit, match
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total", "n_ssplits", "n_csplits", "B"])
 def _select_kernel(
     spart_ptr,
     cpart_ptr,

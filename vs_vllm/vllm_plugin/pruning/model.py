@@ -64,6 +64,8 @@ class PruningModelMixin:
         self.vs_default_options = default_options()
         # Unpruned LLM tokens one vision-tower call may carry: the encoder budget memory profiling was sized for.
         self.vs_encoder_budget: int | None = int(vllm_config.scheduler_config.max_num_encoder_input_tokens) or None
+        self.vs_max_model_len = int(vllm_config.model_config.max_model_len)
+        self.vs_dtype = vllm_config.model_config.dtype  # the encoder output's dtype (the kernels specialise on it)
 
     @cached_property
     def vs_media_token_ids(self) -> tuple[int, ...]:
@@ -100,9 +102,28 @@ class PruningModelMixin:
                 "directory; extract one with `vs-vllm convert` or train one with `vs-vllm train`), or choose another "
                 "--selection-method"
             )
+        self._vs_warm_up_kernels()
         # Without a scorer the (random) scorer parameters still count as loaded, so vLLM does not complain; requests
         # that need them are refused by the processor.
         return loaded | scorer_names
+
+    def _vs_warm_up_kernels(self) -> None:
+        """Compile every Triton selection-kernel variant this server can launch now, not on a request (GPU only)."""
+        scorer = self.visual.importance_scorer
+        weight = scorer.q_proj.weight
+        if weight.device.type != "cuda":
+            return
+        from vs_vllm.kernels.dispatch import MMR_TRITON_ENV, _env_flag
+        from vs_vllm.kernels.warmup import warm_up_selection
+
+        weights = (scorer.q_proj.weight, scorer.q_proj.bias, scorer.k_proj.weight, scorer.k_proj.bias)
+        # Buckets above sel_one_chunk_max (4096 tokens) share one select variant, so any bound past it warms them all.
+        max_tokens = max(self.vs_encoder_budget or 0, self.vs_max_model_len)
+        done = warm_up_selection(scorer.in_features, self.vs_dtype, weight.device, weights, max_tokens,
+                                 mmr=_env_flag(MMR_TRITON_ENV))
+        if done.sizes:
+            logger.info("vs-vllm: Triton selection kernels warmed up for images of %s tokens in %.1f s",
+                        "/".join(map(str, done.sizes)), done.seconds)
 
     # ---- encoder ---------------------------------------------------------------------------------------------------
 

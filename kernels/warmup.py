@@ -1,0 +1,92 @@
+"""Compile every Triton selection-kernel variant a server can launch, at model load, so no request waits for the JIT.
+
+The kernels' per-request counts are ``do_not_specialize`` (``score.py``, ``topk_select.py``), so what still picks
+a variant is the model (D, H, strides, dtypes: fixed) and the block buckets of the host code: the select kernel's
+BLOCK by the largest image (``_select_params``: 256, 512, ... ``sel_one_chunk_max`` register-resident, then chunked)
+and the gather's 64-bit path for images past 2**31 elements. :func:`warmup_sizes` is one image size per bucket up
+to the largest image the server admits; :func:`warm_up_selection` runs the serving calls once per size (the
+VisionSelector chain with positions, the gather of the other methods, and the MMR kernels when they are switched
+on), through the same dispatch as serving, and returns what it ran and how long it took.
+tests/kernels/test_kernels_no_recompile.py checks that a sweep of request shapes hits no variant outside this set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["WarmUp", "warm_up_selection", "warmup_sizes"]
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    backend: str  # the backend the calls resolved to ("torch": nothing to compile)
+    sizes: tuple[int, ...]  # image sizes run, one per bucket
+    seconds: float
+
+
+def warmup_sizes(max_tokens: int, row_stride: int, config=None) -> tuple[int, ...]:
+    """One image size per kernel bucket an image of up to ``max_tokens`` tokens (rows ``row_stride`` elements
+    apart) can fall in, ascending."""
+    from .config import get_config
+    from .gather import _WIDE_LIMIT
+
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    cfg = config if config is not None else get_config()
+    sizes = []
+    block = 256  # the select kernel's smallest BLOCK (max(256, next power of two))
+    while block <= cfg.sel_one_chunk_max:
+        lowest = 1 if block == 256 else block // 2 + 1
+        if lowest <= max_tokens:
+            sizes.append(min(block, max_tokens))
+        block *= 2
+    if max_tokens > cfg.sel_one_chunk_max:
+        sizes.append(cfg.sel_one_chunk_max + 1)
+        wide = -(-_WIDE_LIMIT // max(row_stride, 1))  # the first image size whose gather needs 64-bit offsets
+        if wide <= max_tokens:
+            sizes.append(wide)
+    return tuple(sorted(set(sizes)))
+
+
+def warm_up_selection(
+    width: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    scorer_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    max_tokens: int,
+    *,
+    mmr: bool = False,
+    backend: str | None = None,
+) -> WarmUp:
+    """Run the selection calls a server makes once per kernel bucket (see the module docstring).
+
+    ``width``: the columns the scorer reads; ``scorer_weights``: (q_weight, q_bias, k_weight, k_bias). A model that
+    gathers wider rows than it scores (Qwen3-VL's DeepStack levels) runs the same gather variant when both widths are
+    multiples of 16 (the JIT's only distinction between them). ``backend``: as for the calls themselves (None:
+    automatic, i.e. nothing to do off CUDA; tests pass "triton" to run the interpreter).
+    """
+    from .dispatch import gather_selected, resolve_backend, select_tokens, select_tokens_mmr
+
+    device = torch.device(device)
+    probe = torch.empty(0, dtype=dtype, device=device)
+    resolved = resolve_backend(probe, backend)
+    if resolved != "triton":
+        return WarmUp(resolved, (), 0.0)
+    t0 = time.perf_counter()
+    sizes = warmup_sizes(max_tokens, width)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for n in sizes:
+        x = torch.randn((n, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
+        keep = max(1, n // 4)
+        grids = [(1, 1, n)]
+        select_tokens(x, [0, n], [keep], *scorer_weights, grids=grids, backend=backend)
+        # the other methods' shared back end (indices from the host-side selection methods)
+        gather_selected(x, [0, n], torch.arange(keep, device=device), [0, keep], grids=grids, backend=backend)
+        if mmr:
+            select_tokens_mmr(x, [0, n], [keep], *scorer_weights, [0.5], grids=grids, backend=backend)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return WarmUp(resolved, sizes, time.perf_counter() - t0)
