@@ -176,19 +176,9 @@ class DecodeConfig:
 
     def server_args(self) -> list[str]:
         """The vLLM arguments both servers get (after MODEL); the same flags as the prefill benchmark."""
-        args = [
-            "--served-model-name", self.served_model_name,
-            "--dtype", self.dtype,
-            "--max-model-len", str(self.max_model_len),
-            "--max-num-seqs", str(self.max_num_seqs),
-            "--max-num-batched-tokens", str(self.max_num_batched_tokens),
-            "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
-            "--limit-mm-per-prompt", '{"image": 1, "video": 0}',
-            "--no-enable-prefix-caching",
-        ]
-        if self.eager:
-            args.append("--enforce-eager")
-        return args
+        from vs_vllm.benchmarking.prefill import bench_server_args
+
+        return bench_server_args(self, '{"image": 1, "video": 0}')
 
 
 # ------------------------------------------------------------------------------------------------------------ model
@@ -618,14 +608,9 @@ def _ratio_text(r: tuple[float, float, float]) -> str:
     return f"{ratio:.3f} [{lo:.3f}–{hi:.3f}]" if not math.isnan(lo) and hi > lo else f"{ratio:.3f}"
 
 
-def _fmt_load(x: Any) -> str:
-    try:
-        return "/".join(f"{float(v):.1f}" for v in x)
-    except TypeError:
-        return "?"
-
-
 def _header(meta: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    from vs_vllm.benchmarking.report import _fmt_load, commands_block
+
     cfg, m, v = meta["config"], meta["machine"], meta.get("versions", {})
     loads = [_num(r.get("loadavg_1m")) for r in runs]
     loads = [x for x in loads if not math.isnan(x)]
@@ -688,13 +673,7 @@ def _header(meta: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[
         "all gaps of a run); TPOT = (latency − TTFT) / (tokens − 1), p50 over a run's requests. Cells: median over "
         "repeats [min–max]; ratios: plugin median / stock median [min–max of the per-repeat plugin/stock ratios].",
         "",
-        "Commands:",
-        "",
-        "```",
-        meta.get("command", ""),
-        *(f"# {name}:\n{cmd}" for name, cmd in (meta.get("server_commands") or {}).items()),
-        "```",
-        "",
+        *commands_block(meta.get("command", ""), meta.get("server_commands") or {}),
     ]
     return lines
 

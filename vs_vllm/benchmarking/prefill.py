@@ -120,21 +120,29 @@ class SweepConfig:
 
     def server_args(self) -> list[str]:
         """The ``vllm serve`` arguments both servers get (after MODEL)."""
-        args = [
-            "--served-model-name", self.served_model_name,
-            "--dtype", self.dtype,
-            "--max-model-len", str(self.max_model_len),
-            "--max-num-seqs", str(self.max_num_seqs),
-            "--max-num-batched-tokens", str(self.max_num_batched_tokens),
-            "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
-            # Exactly the modality of the workload: one item per prompt.
-            "--limit-mm-per-prompt",
-            '{"image": 0, "video": 1}' if self.workload == "video" else '{"image": 1, "video": 0}',
-            "--no-enable-prefix-caching",
-        ]
-        if self.eager:
-            args.append("--enforce-eager")
-        return args
+        # Exactly the modality of the workload: one item per prompt.
+        return bench_server_args(self, '{"image": 0, "video": 1}' if self.workload == "video"
+                                 else '{"image": 1, "video": 0}')
+
+
+def bench_server_args(cfg: Any, limit_mm_per_prompt: str) -> list[str]:
+    """The ``vllm serve`` arguments (after MODEL) of every benchmark server, from a config's server fields
+    (``served_model_name``, ``dtype``, ``max_model_len``, ``max_num_seqs``, ``max_num_batched_tokens``,
+    ``kv_cache_bytes``, ``eager``): an explicit KV-cache size (a CPU server without one takes ~90% of RAM), no prefix
+    caching (every request must do its own prefill)."""
+    args = [
+        "--served-model-name", cfg.served_model_name,
+        "--dtype", cfg.dtype,
+        "--max-model-len", str(cfg.max_model_len),
+        "--max-num-seqs", str(cfg.max_num_seqs),
+        "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+        "--kv-cache-memory-bytes", str(cfg.kv_cache_bytes),
+        "--limit-mm-per-prompt", limit_mm_per_prompt,
+        "--no-enable-prefix-caching",
+    ]
+    if cfg.eager:
+        args.append("--enforce-eager")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------- servers

@@ -508,14 +508,14 @@ def _header(meta: Mapping[str, Any], summary: Summary) -> list[str]:
         "compiled was ~3% faster than eager at concurrency 1 on the development machine (within noise at 4), "
         "eager starts ~80 s sooner.",
         "",
-        "Commands:",
-        "",
-        "```",
-        meta.get("command", ""),
-        *(f"# {name}:\n{cmd}" for name, cmd in cmds.items()),
-        "```",
-        "",
+        *commands_block(meta.get("command", ""), cmds),
     ]
+
+
+def commands_block(command: str, server_commands: Mapping[str, str]) -> list[str]:
+    """A report's "Commands:" section: the benchmark's command line and each server's, one fenced block."""
+    return ["Commands:", "", "```", command, *(f"# {name}:\n{cmd}" for name, cmd in server_commands.items()), "```",
+            ""]
 
 
 def _fmt_load(x: Any) -> str:
