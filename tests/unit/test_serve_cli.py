@@ -13,6 +13,7 @@ from vs_vllm.vllm_plugin import serve
 from vs_vllm.vllm_plugin.serve import MIDDLEWARE, ServeError, build_serve_command
 
 OURS = ["--trust-request-mm-kwargs", "--middleware", MIDDLEWARE]
+REAL_IS_CPU_BUILD = serve.is_cpu_build
 
 
 def after_serve(cmd: list[str]) -> list[str]:
@@ -24,6 +25,7 @@ def _no_exec(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Never replace the test process; record what would have been exec'd."""
     calls: list[tuple] = []
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: calls.append((file, list(args), dict(env))))
+    monkeypatch.setattr(serve, "is_cpu_build", lambda: False)  # the CPU KV-cache default has its own tests
     for name in ("VS_VLLM_ENABLE", "VS_VLLM_RETENTION_RATIO", "VS_VLLM_VIDEO_RETENTION_RATIO", "VS_VLLM_SELECTION_METHOD",
                  "VS_VLLM_SCORER"):
         monkeypatch.delenv(name, raising=False)
@@ -244,3 +246,58 @@ def test_video_retention_ratio_default_is_validated_and_exported(capsys: pytest.
 def test_video_retention_ratio_is_in_the_serve_parsers_help() -> None:
     text = serve.build_parser().format_help()
     assert "--video-retention-ratio" in text and "VS_VLLM_VIDEO_RETENTION_RATIO" in text
+
+
+# ---- the CPU build's bounded KV-cache default ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["M"], {}, "4"),  # nothing chosen: a quarter of RAM, at most 4 GiB (this test pretends 64 GiB of RAM)
+        (["M", "--kv-cache-memory-bytes", "1000"], {}, None),  # the user's size wins; the env var would override it
+        (["M", "--kv_cache_memory_bytes=1000"], {}, None),
+        (["M"], {"VLLM_CPU_KVCACHE_SPACE": "2"}, "2"),  # the user's environment wins
+    ],
+)
+def test_cpu_build_gets_a_bounded_kv_cache(monkeypatch, capsys, argv, environ, expected) -> None:
+    monkeypatch.setattr(serve, "is_cpu_build", lambda: True)
+    monkeypatch.setattr(serve, "cpu_kv_default_gib", lambda: serve.CPU_KV_DEFAULT_MAX_GIB)
+    cmd, env = build_serve_command(argv, environ=environ)
+    assert env.get("VLLM_CPU_KVCACHE_SPACE") == expected
+    note = capsys.readouterr().err
+    assert ("VLLM_CPU_KVCACHE_SPACE=4" in note) == (not environ and len(argv) == 1)
+    if expected is not None:
+        assert f"VLLM_CPU_KVCACHE_SPACE={expected} " in serve.format_command(cmd, env)
+
+
+def test_gpu_build_is_left_to_vllm() -> None:
+    _, env = build_serve_command(["M"], environ={})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+@pytest.mark.parametrize(("ram_gib", "expected"), [(2, 1), (8, 2), (24, 4), (512, 4)])
+def test_cpu_kv_default_is_a_quarter_of_ram_within_1_to_4_gib(ram_gib, expected) -> None:
+    assert serve.cpu_kv_default_gib(ram_gib * 2**30) == expected
+
+
+def test_cpu_build_is_read_from_package_metadata(monkeypatch) -> None:
+    import importlib.metadata
+
+    def version(versions):
+        def lookup(name):
+            if name not in versions:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return versions[name]
+        return lookup
+
+    for versions, expected in [({"vllm-cpu": "0.32.0", "vllm": "0.32.0+cpu"}, True), ({"vllm": "0.32.0+cpu"}, True),
+                               ({"vllm": "0.33.0"}, False), ({}, False)]:
+        monkeypatch.setattr(importlib.metadata, "version", version(versions))
+        assert REAL_IS_CPU_BUILD() is expected
+
+
+def test_serve_help_documents_the_cpu_kv_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert "VLLM_CPU_KVCACHE_SPACE" in capsys.readouterr().out

