@@ -13,6 +13,7 @@ from vs_vllm.vllm_plugin import serve
 from vs_vllm.vllm_plugin.serve import MIDDLEWARE, ServeError, build_serve_command
 
 OURS = ["--trust-request-mm-kwargs", "--middleware", MIDDLEWARE]
+RAY = {"VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY": "VS_VLLM_"}  # our variables reach Ray workers on other nodes
 REAL_IS_CPU_BUILD = serve.is_cpu_build
 
 
@@ -46,6 +47,7 @@ def test_command_env_and_passthrough_order() -> None:
         "VS_VLLM_ENABLE": "1",
         "VS_VLLM_RETENTION_RATIO": "0.3",
         "VS_VLLM_SELECTION_METHOD": "uniform",
+        **RAY,
     }
 
 
@@ -61,7 +63,7 @@ def test_program_is_this_environments_vllm() -> None:
 
 def test_defaults_leave_ratio_and_method_to_the_environment() -> None:
     _, env = build_serve_command(["M"], environ={"VS_VLLM_RETENTION_RATIO": "0.5"})
-    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_RETENTION_RATIO": "0.5"}
+    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_RETENTION_RATIO": "0.5", **RAY}
     _, env = build_serve_command(["M", "--retention-ratio", "1"], environ={"VS_VLLM_RETENTION_RATIO": "0.5"})
     assert env["VS_VLLM_RETENTION_RATIO"] == "1.0"
 
@@ -160,7 +162,8 @@ def test_print_command(capsys: pytest.CaptureFixture[str], _no_exec: list) -> No
     script = Path(sys.executable).parent / "vllm"
     program = "vllm" if script.is_file() else "python -m vllm.entrypoints.cli.main"
     assert out == (
-        f"VS_VLLM_ENABLE=1 VS_VLLM_RETENTION_RATIO=0.3 {program} serve M --max-model-len 2048 "
+        f"VS_VLLM_ENABLE=1 VS_VLLM_RETENTION_RATIO=0.3 VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY=VS_VLLM_ {program} "
+        "serve M --max-model-len 2048 "
         f"--trust-request-mm-kwargs --middleware {MIDDLEWARE}\n"
     )
 
@@ -231,7 +234,7 @@ def test_selection_lambda_default_is_validated_and_exported() -> None:
 def test_video_retention_ratio_default_is_validated_and_exported(capsys: pytest.CaptureFixture[str]) -> None:
     cmd, env = serve.build_serve_command(["/models/x", "--video-retention-ratio", "0.2", "--max-model-len", "64"],
                                          environ={})
-    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_VIDEO_RETENTION_RATIO": "0.2"}
+    assert env == {"VS_VLLM_ENABLE": "1", "VS_VLLM_VIDEO_RETENTION_RATIO": "0.2", **RAY}
     assert after_serve(cmd) == ["/models/x", "--max-model-len", "64", *OURS]
     _, env = serve.build_serve_command(["/models/x", "--video-retention-ratio=1"], environ={})
     assert env["VS_VLLM_VIDEO_RETENTION_RATIO"] == "1.0"
@@ -301,3 +304,11 @@ def test_serve_help_documents_the_cpu_kv_default(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
     assert "VLLM_CPU_KVCACHE_SPACE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "VS_VLLM_"), ("MY_", "MY_,VS_VLLM_"),
+                                                 ("VS_VLLM_,MY_", "VS_VLLM_,MY_"), (" A_ , ", "A_,VS_VLLM_")])
+def test_our_variables_are_copied_to_ray_workers(given, expected) -> None:
+    environ = {} if given is None else {"VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY": given}
+    _, env = build_serve_command(["M"], environ=environ)
+    assert env["VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"] == expected

@@ -171,6 +171,7 @@ def _plan(
         raise ServeError(f"{exc} (from the environment)") from None
 
     _bound_cpu_kv_cache(passthrough, env)
+    _copy_our_env_to_ray_workers(env)
 
     cmd = [*_vllm_program(), "serve", args.model, *passthrough]
     flags = {_flag_name(a) for a in passthrough}
@@ -219,6 +220,18 @@ def _bound_cpu_kv_cache(passthrough: Sequence[str], env: dict[str, str]) -> None
     env[CPU_KV_ENV] = str(gib)
     print(f"vs-vllm serve: note: CPU build and no KV-cache size given: {CPU_KV_ENV}={gib} (GiB; a quarter of RAM, at "
           f"most {CPU_KV_DEFAULT_MAX_GIB}). Choose one with --kv-cache-memory-bytes or {CPU_KV_ENV}.", file=sys.stderr)
+
+
+RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
+OUR_ENV_PREFIX = "VS_VLLM_"
+
+
+def _copy_our_env_to_ray_workers(env: dict[str, str]) -> None:
+    """vLLM copies only VLLM_*, NCCL_*, HF_* (...) variables to Ray actors: on other nodes the plugin would come up
+    disabled. Add our prefix to vLLM's additive list (processes on this node inherit the environment anyway)."""
+    prefixes = [p.strip() for p in env.get(RAY_PREFIXES_ENV, "").split(",") if p.strip()]
+    if OUR_ENV_PREFIX not in prefixes:
+        env[RAY_PREFIXES_ENV] = ",".join([*prefixes, OUR_ENV_PREFIX])
 
 
 def _ratio_flag(flag: str, text: str, what: str) -> str:
@@ -281,7 +294,7 @@ def build_serve_command(
 
 def format_command(cmd: Sequence[str], env: Mapping[str, str]) -> str:
     """A copy-pasteable shell line: the plugin's variables, then ``vllm serve ...``."""
-    assigns = [f"{k}={shlex.quote(env[k])}" for k in (*_OUR_ENV, CPU_KV_ENV) if env.get(k)]
+    assigns = [f"{k}={shlex.quote(env[k])}" for k in (*_OUR_ENV, CPU_KV_ENV, RAY_PREFIXES_ENV) if env.get(k)]
     program = list(cmd)
     if Path(program[0]).name == "vllm":
         program[0] = "vllm"
