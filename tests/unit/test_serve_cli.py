@@ -13,7 +13,8 @@ from vs_vllm.vllm_plugin import serve
 from vs_vllm.vllm_plugin.serve import MIDDLEWARE, ServeError, build_serve_command
 
 OURS = ["--trust-request-mm-kwargs", "--middleware", MIDDLEWARE]
-RAY = {"VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY": "VS_VLLM_"}  # our variables reach Ray workers on other nodes
+# our variables reach Ray workers on other nodes; unreachable media URLs are answered 400 (media_connector.py)
+RAY = {"VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY": "VS_VLLM_", "VLLM_MEDIA_CONNECTOR": "vs_vllm"}
 REAL_IS_CPU_BUILD = serve.is_cpu_build
 
 
@@ -162,8 +163,8 @@ def test_print_command(capsys: pytest.CaptureFixture[str], _no_exec: list) -> No
     script = Path(sys.executable).parent / "vllm"
     program = "vllm" if script.is_file() else "python -m vllm.entrypoints.cli.main"
     assert out == (
-        f"VS_VLLM_ENABLE=1 VS_VLLM_RETENTION_RATIO=0.3 VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY=VS_VLLM_ {program} "
-        "serve M --max-model-len 2048 "
+        "VS_VLLM_ENABLE=1 VS_VLLM_RETENTION_RATIO=0.3 VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY=VS_VLLM_ "
+        f"VLLM_MEDIA_CONNECTOR=vs_vllm {program} serve M --max-model-len 2048 "
         f"--trust-request-mm-kwargs --middleware {MIDDLEWARE}\n"
     )
 
@@ -312,3 +313,10 @@ def test_our_variables_are_copied_to_ray_workers(given, expected) -> None:
     environ = {} if given is None else {"VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY": given}
     _, env = build_serve_command(["M"], environ=environ)
     assert env["VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"] == expected
+
+
+def test_media_connector_is_ours_unless_the_environment_names_one() -> None:
+    _, env = build_serve_command(["M"], environ={})
+    assert env["VLLM_MEDIA_CONNECTOR"] == "vs_vllm"
+    _, env = build_serve_command(["M"], environ={"VLLM_MEDIA_CONNECTOR": "my_connector"})
+    assert env["VLLM_MEDIA_CONNECTOR"] == "my_connector"

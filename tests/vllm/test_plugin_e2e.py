@@ -294,6 +294,20 @@ def test_nan_ratio_gets_400_and_server_keeps_serving(plugin_server) -> None:
     assert ok.usage.completion_tokens == MAX_TOKENS
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/unreachable.jpg", "file:///etc/hostname"])
+def test_media_url_the_server_cannot_fetch_gets_400_not_500(plugin_server, url) -> None:
+    """Stock vLLM answers 500 for both (a client error reported as a server fault); media_connector.py makes it 400."""
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]
+    payload = {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+    status, body = _post(plugin_server, "/v1/chat/completions", json.dumps(payload).encode())
+    assert status == 400, body
+    assert body["error"]["type"] == "BadRequestError" and "Traceback" not in body["error"]["message"]
+    assert ("127.0.0.1:1" in body["error"]["message"]) if url.startswith("http") else \
+        ("--allowed-local-media-path" in body["error"]["message"])
+    ok = _chat(plugin_server, _images("square"), retention_ratio=0.5)
+    assert ok.usage.completion_tokens == MAX_TOKENS
+
+
 def test_fifty_concurrent_mixed_requests(arch_setup, hf_reference) -> None:
     plugin_server = arch_setup[3]
     cases = []

@@ -41,6 +41,8 @@ def register() -> None:
 
     version = patches.check_vllm_version()
     adapters.register_models()
+    from vs_vllm.vllm_plugin import media_connector  # noqa: F401  (registers the "vs_vllm" media connector)
+
     propagate_context_to_renderer_when_imported()
     patch_media_steps_when_imported()
     if _is_cpu_platform():

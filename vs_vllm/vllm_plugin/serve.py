@@ -172,6 +172,8 @@ def _plan(
 
     _bound_cpu_kv_cache(passthrough, env)
     _copy_our_env_to_ray_workers(env)
+    # Unreachable media URLs and refused file:// URLs answered 400 instead of 500 (vs_vllm/vllm_plugin/media_connector.py)
+    env.setdefault(MEDIA_CONNECTOR_ENV, "vs_vllm")
 
     cmd = [*_vllm_program(), "serve", args.model, *passthrough]
     flags = {_flag_name(a) for a in passthrough}
@@ -223,6 +225,7 @@ def _bound_cpu_kv_cache(passthrough: Sequence[str], env: dict[str, str]) -> None
 
 
 RAY_PREFIXES_ENV = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
+MEDIA_CONNECTOR_ENV = "VLLM_MEDIA_CONNECTOR"
 OUR_ENV_PREFIX = "VS_VLLM_"
 
 
@@ -294,7 +297,8 @@ def build_serve_command(
 
 def format_command(cmd: Sequence[str], env: Mapping[str, str]) -> str:
     """A copy-pasteable shell line: the plugin's variables, then ``vllm serve ...``."""
-    assigns = [f"{k}={shlex.quote(env[k])}" for k in (*_OUR_ENV, CPU_KV_ENV, RAY_PREFIXES_ENV) if env.get(k)]
+    assigns = [f"{k}={shlex.quote(env[k])}" for k in (*_OUR_ENV, CPU_KV_ENV, RAY_PREFIXES_ENV, MEDIA_CONNECTOR_ENV)
+               if env.get(k)]
     program = list(cmd)
     if Path(program[0]).name == "vllm":
         program[0] = "vllm"

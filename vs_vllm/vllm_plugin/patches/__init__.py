@@ -90,6 +90,9 @@ PRIVATE_API: tuple[ApiTouch, ...] = (
              "patches/media_steps.py"),
     ApiTouch("vllm.multimodal.utils:get_mm_features_in_window", "call", ("mm_features", "start", "end"),
              "vLLM's own test for media items in a request's window", "patches/media_steps.py"),
+    ApiTouch("vllm.multimodal.media.connector:MediaConnector._load_file_url", "override",
+             ("self", "url_spec", "media_io"),
+             "a file:// URL the server may not read is the client's error: 400, not 500", "media_connector.py"),
     ApiTouch("vllm.renderers.base:make_async", "patch", ("func", "executor"),
              "thread-pool calls drop contextvars (per-request visual-token counts)", "patches/renderer_context.py"),
     ApiTouch(f"{_PROCESSOR}._call_hf_processor", "override", ("self", "hf_data", "hf_kwargs"),
@@ -115,6 +118,10 @@ PRIVATE_API: tuple[ApiTouch, ...] = (
 
 #: Public model-extension hooks the generic layer implements, with the signatures it implements them with.
 PUBLIC_HOOKS: tuple[ApiTouch, ...] = (
+    ApiTouch("vllm.multimodal.media.connector:MediaConnector.load_from_url", "override",
+             ("self", "url", "media_io", "fetch_timeout"), "unreachable media hosts answered 400", "media_connector.py"),
+    ApiTouch("vllm.multimodal.media.connector:MediaConnector.load_from_url_async", "override",
+             ("self", "url", "media_io", "fetch_timeout"), "unreachable media hosts answered 400", "media_connector.py"),
     ApiTouch("vllm.model_executor.models.interfaces:SupportsMultiModalPruning.recompute_mrope_positions", "override",
              ("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens"),
              "the pruning hook", "pruning/model.py"),
