@@ -426,6 +426,38 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     decode.set_defaults(handler=run_decode)
 
+    stress = bench_sub.add_parser(
+        "stress",
+        help="one vs-vllm server under sustained mixed load, client disconnects and bad input: 5xx, wrong visual-token "
+        "counts, latency, RSS",
+        description=(
+            "Start `vs-vllm serve` of the tiny test model (or --model-dir) on a free loopback port and send a seeded\n"
+            "mix of requests (0-4 images, every ratio and method, streamed or not, dropped mid-stream, oversized\n"
+            "images, bad options, unreachable image URLs) at a fixed concurrency, for at most --requests requests\n"
+            "or --duration seconds. Reports 5xx answers, unexpected statuses, wrong visual-token counts, latency\n"
+            "p50/p99, server RSS at start / peak / end and /health at the end, in stress_cpu.{md,csv}. Exit status\n"
+            "1 when any answer was a 5xx or the server was not healthy at the end."
+        ),
+        epilog=(
+            "examples:\n"
+            "  vs-vllm bench stress --quick          # 150 requests, <= 90 s -> .cache/stress-quick/\n"
+            "  vs-vllm bench stress                  # up to 5,000 requests in <= 10 min -> benchmarks/results/\n"
+            "  vs-vllm bench stress --base-url http://127.0.0.1:8000   # a running vs-vllm server (no RSS)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from vs_vllm.benchmarking.stress import add_arguments as add_stress_arguments
+
+    add_stress_arguments(stress)
+
+    def run_stress(args: argparse.Namespace) -> int:
+        from vs_vllm.benchmarking.stress import run_from_args as run_stress_from_args
+
+        argv = sys.argv[sys.argv.index("stress") + 1:] if "stress" in sys.argv else []
+        return run_stress_from_args(args, "vs-vllm bench stress", argv)
+
+    stress.set_defaults(handler=run_stress)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
