@@ -11,6 +11,7 @@ help:
 	@echo "make demo       serve the committed synthetic-benchmark model with vLLM + the plugin, sweep ratio x method"
 	@echo "make test       the whole test suite (CPU; builds the environment on first use)"
 	@echo "make test-fast  unit tests only (no vLLM server)"
+	@echo "make test-parallel  tensor parallel 2 on the CPU backend vs one process (opt-in, ~1.5 min)"
 	@echo "make setup      build or check the CPU environment in $(VENV)"
 	@echo "make lint       ruff"
 	@echo "make clean      remove build outputs and caches (keeps $(VENV))"
@@ -27,6 +28,10 @@ demo: setup
 test: setup
 	@$(VPY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# vLLM's parallelism with the plugin (tensor parallel 2 on the CPU backend): opt-in, ~3 minutes beyond the suite.
+test-parallel: setup
+	@VS_VLLM_TEST_PARALLEL=1 $(VPY) -m pytest tests/vllm/test_parallel_serving.py $(PYTEST_ARGS)
 
 test-fast: setup
 	@$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
@@ -80,7 +85,7 @@ bench-synthetic-quick: setup
 # no venv and no install (so no `setup`): the machine's python3 with torch, triton and transformers. DRY_RUN=1 runs the
 # same script on the CPU (toy sizes, Triton interpreter, results in a temp dir) with $(VPY) when it exists.
 # GPU_CHECK_ARGS: e.g. --quick, --out-dir DIR, --stages env,sweep.
-.PHONY: gpu-check
+.PHONY: gpu-check test-parallel
 DRY_RUN ?=
 GPU_CHECK_ARGS ?=
 GPU_CHECK_PY = $(if $(filter-out 0 false no,$(DRY_RUN)),$(if $(wildcard $(VPY)),$(VPY),$(PYTHON)),$(PYTHON))
