@@ -17,7 +17,6 @@ round trip, with answers that mean nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -139,13 +138,9 @@ def run_random_demo(model_dir: Path, question: str, max_tokens: int, ratios=DEFA
 
 def load_synthetic_generator():
     """The repository's ``benchmarks/synthetic/generate.py`` as a module (a script, not part of the package)."""
-    name = "vs_vllm_synthetic_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SYNTHETIC_DIR / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    from vs_vllm.testing.scripts import load_script
+
+    return load_script(SYNTHETIC_DIR / "generate.py", "vs_vllm_synthetic_generate")
 
 
 def synthetic_samples(n_images: int, seed: int, model_dir: Path = SYNTHETIC_MODEL_DIR) -> tuple[str, list[tuple[str, str]]]:

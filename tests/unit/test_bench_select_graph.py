@@ -8,26 +8,20 @@ and a replayed ``select_tokens(backend="triton")`` graph reproduces the eager in
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from vs_vllm.testing.scripts import load_script
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench_select():
-    name = "bench_select_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "kernels" / "bench_select.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(REPO / "benchmarks" / "kernels" / "bench_select.py", "bench_select_under_test")
 
 
 class FakeCuda:

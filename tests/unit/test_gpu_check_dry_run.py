@@ -9,7 +9,6 @@ automatic dispatch's failure into an error instead of a silent torch fallback.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -21,6 +20,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from vs_vllm.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu" / "gpu_check.py"
@@ -136,13 +137,7 @@ def test_injected_kernel_fault_fails_the_stage(tmp_path):
 
 
 def _gpu_check_module():
-    name = "gpu_check_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(SCRIPT, "gpu_check_under_test")
 
 
 def _finite(v) -> bool:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from vs_vllm.testing.scripts import load_script
 import torch
 
 from vs_vllm.testing.sync_guard import DEVICE, as_device, sync_guard, to_host
@@ -29,13 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    name = "hf_gpu_prefill_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "prefill" / "hf_gpu_prefill.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(REPO / "benchmarks" / "prefill" / "hf_gpu_prefill.py", "hf_gpu_prefill_under_test")
 
 
 @pytest.fixture(scope="module")

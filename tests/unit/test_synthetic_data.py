@@ -249,18 +249,10 @@ def test_generate_cli_arch_preset(gen, tmp_path):
 
 
 def _train_base_module():
-    import importlib.util
-    import sys
-
     from vs_vllm.demo import SYNTHETIC_DIR
+    from vs_vllm.testing.scripts import load_script
 
-    name = "vs_vllm_synthetic_train_base"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SYNTHETIC_DIR / "train_base.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(SYNTHETIC_DIR / "train_base.py", "vs_vllm_synthetic_train_base")
 
 
 @pytest.mark.parametrize("arch,size", [("qwen2_5_vl", 224), ("qwen3_vl", 256)])

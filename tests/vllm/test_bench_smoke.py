@@ -4,11 +4,11 @@ workloads), and the GPU script's --tiny path on the CPU."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from vs_vllm.testing.scripts import load_script
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +79,7 @@ def test_video_sweep_against_plugin_server(plugin_server, tiny_model_dir: Path) 
 
 
 def _load_gpu_script():
-    path = REPO / "benchmarks" / "prefill" / "hf_gpu_prefill.py"
-    spec = importlib.util.spec_from_file_location("hf_gpu_prefill", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("hf_gpu_prefill", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "prefill" / "hf_gpu_prefill.py", "hf_gpu_prefill")
 
 
 def test_hf_gpu_prefill_tiny_on_cpu(tmp_path: Path) -> None:
