@@ -360,16 +360,35 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _bench_command(bench_sub: argparse._SubParsersAction, name: str, **parser_kwargs) -> None:
+    """``vs-vllm bench NAME``: its options and its run live in ``vs_vllm.benchmarking.NAME`` (``add_arguments``,
+    ``run_from_args(args, prog, argv)``); those modules import only the standard library at import time, and the
+    benchmark itself is imported when the command runs."""
+    import importlib
+
+    p = bench_sub.add_parser(name, **parser_kwargs)
+    module_name = f"vs_vllm.benchmarking.{name}"
+    importlib.import_module(module_name).add_arguments(p)
+    prog = f"vs-vllm bench {name}"
+
+    def run(args: argparse.Namespace) -> int:
+        argv = sys.argv[sys.argv.index(name) + 1:] if name in sys.argv else []
+        return importlib.import_module(module_name).run_from_args(args, prog, argv)
+
+    p.set_defaults(handler=run)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks (prefill: TTFT and throughput of stock vLLM vs the plugin across retention ratios; decode: "
-        "ITL/TPOT overhead of the plugin)",
+        "ITL/TPOT overhead of the plugin; stress: one server under mixed load and bad input)",
         description="Benchmarks of vs-vllm.",
     )
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     bench_sub.required = True
-    prefill = bench_sub.add_parser(
+    _bench_command(
+        bench_sub,
         "prefill",
         help="TTFT / throughput sweep through the OpenAI server: stock vLLM vs vs-vllm at several ratios (CPU)",
         description=(
@@ -379,21 +398,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "LLM parts in transformers for the Amdahl ceiling, and write prefill_cpu.{csv,md} and plots."
         ),
     )
-    # The options live beside the benchmark (shared with benchmarks/prefill/bench_prefill.py); that module imports
-    # only the standard library at import time.
-    from vs_vllm.benchmarking.prefill import add_arguments
 
-    add_arguments(prefill)
-
-    def run(args: argparse.Namespace) -> int:
-        from vs_vllm.benchmarking.prefill import run_from_args
-
-        argv = sys.argv[sys.argv.index("prefill") + 1:] if "prefill" in sys.argv else []
-        return run_from_args(args, "vs-vllm bench prefill", argv)
-
-    prefill.set_defaults(handler=run)
-
-    decode = bench_sub.add_parser(
+    _bench_command(
+        bench_sub,
         "decode",
         help="decode ITL/TPOT and TTFT through the OpenAI server: stock vLLM vs vs-vllm, text-only and image "
         "requests (CPU)",
@@ -414,19 +421,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "  vs-vllm bench decode --report-only benchmarks/results   # re-render the reports from the CSVs"
         ),
     )
-    from vs_vllm.benchmarking.decode import add_arguments as add_decode_arguments
 
-    add_decode_arguments(decode)
-
-    def run_decode(args: argparse.Namespace) -> int:
-        from vs_vllm.benchmarking.decode import run_from_args as run_decode_from_args
-
-        argv = sys.argv[sys.argv.index("decode") + 1:] if "decode" in sys.argv else []
-        return run_decode_from_args(args, "vs-vllm bench decode", argv)
-
-    decode.set_defaults(handler=run_decode)
-
-    stress = bench_sub.add_parser(
+    _bench_command(
+        bench_sub,
         "stress",
         help="one vs-vllm server under sustained mixed load, client disconnects and bad input: 5xx, wrong visual-token "
         "counts, latency, RSS",
@@ -446,17 +443,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from vs_vllm.benchmarking.stress import add_arguments as add_stress_arguments
-
-    add_stress_arguments(stress)
-
-    def run_stress(args: argparse.Namespace) -> int:
-        from vs_vllm.benchmarking.stress import run_from_args as run_stress_from_args
-
-        argv = sys.argv[sys.argv.index("stress") + 1:] if "stress" in sys.argv else []
-        return run_stress_from_args(args, "vs-vllm bench stress", argv)
-
-    stress.set_defaults(handler=run_stress)
 
 
 def build_parser() -> argparse.ArgumentParser:
