@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vs_vllm.benchmarking.report import _num  # stdlib-only module: cheap at CLI start-up
+
 __all__ = ["DecodeConfig", "Workload", "add_arguments", "config_from_args", "main", "run_benchmark",
            "run_from_args"]
 
@@ -501,13 +503,6 @@ def run_benchmark(cfg: DecodeConfig, model_dir: Path, out_dir: Path, command_lin
 
 
 # ------------------------------------------------------------------------------------------------------- summaries
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _median(xs: Sequence[float]) -> float:
