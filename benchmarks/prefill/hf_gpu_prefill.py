@@ -167,14 +167,6 @@ class Timer:
         return times
 
 
-def _q(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -453,6 +445,8 @@ def capture_cuda_graph(torch, fn, static_args: tuple, warmup: int):
 def time_llm_graphs(torch, rows: list[dict], prepare, llm_logits, timer, warmup: int, repeats: int) -> None:
     """Fill the graph columns of ``rows``, one CUDA graph per ratio (module docstring). Never raises: an error goes
     into ``graph_error`` (and after a failure the remaining ratios are not tried), leaving that row's numbers NaN."""
+    from vs_vllm.benchmarking.stats import percentile
+
     failed_at = None
     for row in rows:
         r = row["ratio"]
@@ -489,7 +483,7 @@ def time_llm_graphs(torch, rows: list[dict], prepare, llm_logits, timer, warmup:
             t_llm = timer(graph.replay, warmup, repeats)
             t_pre = timer(prefill, warmup, repeats)
             row.update(llm_graph_ms_p50=statistics.median(t_llm), prefill_graph_ms_p50=statistics.median(t_pre),
-                       prefill_graph_ms_p10=_q(t_pre, 0.1), prefill_graph_ms_p90=_q(t_pre, 0.9), graph_error="")
+                       prefill_graph_ms_p10=percentile(t_pre, 10), prefill_graph_ms_p90=percentile(t_pre, 90), graph_error="")
             print(f"[hf-prefill] r={r:<5g} CUDA graph: LLM {row['llm_graph_ms_p50']:7.1f} ms, prefill "
                   f"{row['prefill_graph_ms_p50']:8.1f} ms (p10 {row['prefill_graph_ms_p10']:.1f}, p90 "
                   f"{row['prefill_graph_ms_p90']:.1f}); logits vs eager rel. err {err:.2e} "
@@ -520,6 +514,7 @@ def run(args: argparse.Namespace) -> Path:
     import transformers
 
     from vs_vllm.benchmarking.flops import flop_ceiling, prefill_split
+    from vs_vllm.benchmarking.stats import percentile
     from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
     from vs_vllm.selection.budget import keep_count
     from vs_vllm.selection.scorer import TransformerScorer
@@ -611,7 +606,7 @@ def run(args: argparse.Namespace) -> Path:
                 "device": device_name, "dtype": dtype_name, "attn": args.attn, "vit_attention": vit_mode,
                 "image": f"{width}x{height}", "grid": "x".join(map(str, grid)), "N": n, "ratio": r, "K": k,
                 "prompt_tokens": prompt.prompt_tokens, "method": args.method,
-                "prefill_ms_p50": pre_med, "prefill_ms_p10": _q(t_pre, 0.1), "prefill_ms_p90": _q(t_pre, 0.9),
+                "prefill_ms_p50": pre_med, "prefill_ms_p10": percentile(t_pre, 10), "prefill_ms_p90": percentile(t_pre, 90),
                 "vit_ms_p50": vit_med, "llm_ms_p50": llm_med,
                 "select_and_rest_ms": pre_med - vit_med - llm_med,
                 "plain_forward_ms_p50": statistics.median(plain),
