@@ -11,7 +11,7 @@ help:
 	@echo "make demo       serve the committed synthetic-benchmark model with vLLM + the plugin, sweep ratio x method"
 	@echo "make test       the whole test suite (CPU; builds the environment on first use)"
 	@echo "make test-fast  unit tests only (no vLLM server)"
-	@echo "make test-parallel  tensor parallel 2 on the CPU backend vs one process (opt-in, ~1.5 min)"
+	@echo "make test-parallel  only the TP/DP/PP 2 tests on the CPU backend vs one process (~2 min; part of make test)"
 	@echo "make setup      build or check the CPU environment in $(VENV)"
 	@echo "make lint       ruff"
 	@echo "make clean      remove build outputs and caches (keeps $(VENV))"
@@ -29,9 +29,9 @@ test: setup
 	@$(VPY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# vLLM's parallelism with the plugin (tensor parallel 2 on the CPU backend): opt-in, ~3 minutes beyond the suite.
+# vLLM's parallelism with the plugin (tensor, data and pipeline parallel 2 on the CPU backend), alone; make test runs it too.
 test-parallel: setup
-	@VS_VLLM_TEST_PARALLEL=1 $(VPY) -m pytest tests/vllm/test_parallel_serving.py $(PYTEST_ARGS)
+	@$(VPY) -m pytest tests/vllm/test_parallel_serving.py $(PYTEST_ARGS)
 
 test-fast: setup
 	@$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \

@@ -128,49 +128,88 @@ def tiny_qwen2_vl_dir(tiny_arch_dir) -> Path:
     return tiny_arch_dir("qwen2_vl")
 
 
+#: The ``served_arch`` of the running session (for :func:`pytest_runtest_teardown`).
+_SERVED_ARCH: list = []
+
+#: ``vs-vllm serve`` arguments of the chunked-prefill server: 48-token prefill chunks, no prefix cache.
+CHUNKED_PREFILL_ARGS = ("--max-num-batched-tokens", "48", "--no-enable-prefix-caching")
+
+
 @pytest.fixture(scope="session")
 def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_server, tmp_path_factory):
-    """``served_arch(arch)`` -> (model_dir, stock server, plugin server) for each architecture the e2e matrix covers.
+    """``served_arch(arch)`` -> (model_dir, stock server, plugin server) for each architecture the e2e matrix covers;
+    ``served_arch.chunked(arch)`` -> a ``vs-vllm serve`` of it with chunked prefill (``CHUNKED_PREFILL_ARGS``).
 
-    Qwen2.5-VL uses the session-wide servers. Any other architecture gets its own stock ``vllm serve`` and
-    ``vs-vllm serve`` (with the shared scorer: every tiny model has the same hidden size), one architecture at a time:
-    asking for another stops the previous pair (the e2e module runs grouped by architecture), so at most two extra
-    servers are alive on the 2-core, 24 GiB CI machine.
+    Qwen2.5-VL's stock and plugin servers are the session-wide ones. Any other architecture gets its own stock ``vllm
+    serve`` and ``vs-vllm serve`` (with the shared scorer: every tiny model has the same hidden size), one architecture
+    at a time: asking for another stops the previous one's servers. The e2e modules parametrize a session-scoped
+    ``arch_setup`` by architecture, so pytest runs the image and video tests of one architecture together and each
+    server starts once; :func:`pytest_runtest_teardown` stops them as soon as the next test needs none.
     """
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
-    current: dict[str, object] = {}
+    made: dict[str, tuple] = {}  # arch -> (model_dir, stock, plugin); stopped servers restart on their own port
+    chunked_made: dict[str, VLLMServer] = {}
+    running: list[VLLMServer] = []  # the extra servers of the current architecture
+    current: list[str] = []
 
     def stop_current() -> None:
-        for server in current.pop("servers", ()):
-            server.stop()
-        current.pop("arch", None)
+        while running:
+            running.pop().stop()
+        current.clear()
+
+    def _run(server: VLLMServer) -> VLLMServer:
+        if server.proc is None:
+            running.append(server)
+            server.start()
+        return server
 
     def get(arch: str):
+        if current != [arch]:
+            stop_current()
+            current.append(arch)
         if arch == "qwen2_5_vl":
             return (request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("vllm_server"),
                     request.getfixturevalue("plugin_server"))
-        if current.get("arch") != arch:
-            stop_current()
+        if arch not in made:
             model_dir = tiny_arch_dir(arch)
             stock = VLLMServer(model_dir, tiny_serve_args(max_images=4, max_videos=2),
                                log_path=tmp_path_factory.mktemp(f"vllm-server-{arch}") / "server.log")
-            stock.start()
-            current["servers"] = [stock]
-            plugin = start_plugin_server(model_dir, scorer=request.getfixturevalue("scorer_file"))
-            current.update(arch=arch, servers=[stock, plugin], result=(model_dir, stock, plugin))
-        return current["result"]
+            _run(stock)
+            made[arch] = (model_dir, stock, start_plugin_server(model_dir, scorer=request.getfixturevalue("scorer_file")))
+            running.append(made[arch][2])
+        for server in made[arch][1:]:
+            _run(server)
+        return made[arch]
 
-    get.release = stop_current  # type: ignore[attr-defined]  # modules call it at teardown (release_arch_servers)
+    def chunked(arch: str):
+        model_dir = get(arch)[0]
+        if arch not in chunked_made:
+            chunked_made[arch] = start_plugin_server(model_dir, scorer=request.getfixturevalue("scorer_file"),
+                                                     extra_args=list(CHUNKED_PREFILL_ARGS))
+            running.append(chunked_made[arch])
+        return _run(chunked_made[arch])
+
+    get.chunked = chunked  # type: ignore[attr-defined]
+    get.release = stop_current  # type: ignore[attr-defined]
+    _SERVED_ARCH.append(get)
     try:
         yield get
     finally:
+        _SERVED_ARCH.remove(get)
         stop_current()
 
 
-@pytest.fixture(scope="module")
-def release_arch_servers(served_arch):
-    """Use (autouse) in a module that calls ``served_arch``: its extra servers stop when the module ends, so the
-    next module's servers never run beside them."""
-    yield
-    served_arch.release()
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test of one architecture finds that architecture's servers running, even where pytest's grouping of the
+    session-scoped ``arch_setup`` parameter did not keep its tests together (the cached value's servers restart)."""
+    arch = getattr(item, "callspec", None) and item.callspec.params.get("arch_setup")
+    if _SERVED_ARCH and isinstance(arch, str):
+        _SERVED_ARCH[-1](arch)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the per-architecture servers once the next test does not use them, so they never run beside the servers
+    of the modules that follow on the 2-core, 24 GiB CI machine."""
+    if _SERVED_ARCH and (nextitem is None or "served_arch" not in nextitem.fixturenames):
+        _SERVED_ARCH[-1].release()

@@ -382,7 +382,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks (prefill: TTFT and throughput of stock vLLM vs the plugin across retention ratios; decode: "
-        "ITL/TPOT overhead of the plugin; stress: one server under mixed load and bad input)",
+        "ITL/TPOT overhead of the plugin; stress: one server under mixed load and bad input; fuzz: property-based request bodies)",
         description="Benchmarks of vs-vllm.",
     )
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK")
@@ -440,6 +440,28 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "  vs-vllm bench stress --quick          # 150 requests, <= 90 s -> .cache/stress-quick/\n"
             "  vs-vllm bench stress                  # up to 5,000 requests in <= 10 min -> benchmarks/results/\n"
             "  vs-vllm bench stress --base-url http://127.0.0.1:8000   # a running vs-vllm server (no RSS)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    _bench_command(
+        bench_sub,
+        "fuzz",
+        help="property-based request bodies (any JSON in every option, nested or not, raw bytes) against one vs-vllm "
+        "server: never a 5xx or a traceback",
+        description=(
+            "Start `vs-vllm serve` of the tiny test model (or use --base-url) and send hypothesis-drawn bodies: any\n"
+            "JSON value in retention_ratio, video_retention_ratio, selection_method, selection_seed, selection_lambda\n"
+            "and mm_processor_kwargs (top level and nested, foreign keys too) and media_io_kwargs, and raw non-object\n"
+            "bodies, on the POST paths the middleware guards and on others. Every answer must be below 500, without a\n"
+            "traceback, every JSON refusal an error body; a fixed pruned request must be answered identically before\n"
+            "and after, and /health be 200 at the end. Writes fuzz_cpu.md; exit status 1 when any of that fails."
+        ),
+        epilog=(
+            "examples:\n"
+            "  vs-vllm bench fuzz --quick            # 100 + 20 bodies -> .cache/fuzz-quick/\n"
+            "  vs-vllm bench fuzz                    # 2,000 + 400 bodies -> benchmarks/results/fuzz_cpu.md\n"
+            "  vs-vllm bench fuzz --base-url http://127.0.0.1:8000   # a running vs-vllm server (no RSS)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -14,6 +14,8 @@ SERIES = (
     "vs_vllm:visual_tokens_total",
     "vs_vllm:images_total",
     "vs_vllm:images_pruned_total",
+    "vs_vllm:videos_total",
+    "vs_vllm:videos_pruned_total",
 )
 
 
@@ -31,20 +33,31 @@ def delta(before: dict[str, float]) -> tuple[float, ...]:
 def test_observe_increments_counters() -> None:
     before = snapshot()
     metrics.observe_visual_tokens(30, 120)
-    assert delta(before) == (30, 120, 1, 1)
+    assert delta(before) == (30, 120, 1, 1, 0, 0)
     before = snapshot()
     metrics.observe_visual_tokens(64, 64)  # ratio 1.0: counted, not pruned
-    assert delta(before) == (64, 64, 1, 0)
+    assert delta(before) == (64, 64, 1, 0, 0, 0)
+    before = snapshot()
+    metrics.observe_visual_tokens(90, 360, "video")
+    assert delta(before) == (90, 360, 0, 0, 1, 1)
 
 
 def test_record_visual_tokens_feeds_the_counters_for_requests_only() -> None:
     before = snapshot()
     record_visual_tokens(5, 20)  # outside a request (start-up warm-up, offline LLM): not counted
-    assert delta(before) == (0, 0, 0, 0)
+    assert delta(before) == (0, 0, 0, 0, 0, 0)
     with collecting() as stats:
         record_visual_tokens(7, 10)
-    assert (stats.kept, stats.total, stats.images) == (7, 10, 1)
-    assert delta(before) == (7, 10, 1, 1)
+        record_visual_tokens(40, 40, "video")
+    assert (stats.kept, stats.total, stats.images, stats.videos) == (47, 50, 1, 1)
+    assert delta(before) == (47, 50, 1, 1, 1, 0)
+
+
+def test_unknown_modality_is_a_value_error_naming_it() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="'audio'"):
+        record_visual_tokens(1, 2, "audio")
 
 
 def test_reimport_reuses_the_registered_counters() -> None:
@@ -53,7 +66,7 @@ def test_reimport_reuses_the_registered_counters() -> None:
     assert metrics.VISUAL_TOKENS_KEPT is kept
     before = snapshot()
     metrics.observe_visual_tokens(1, 2)
-    assert delta(before) == (1, 2, 1, 1)
+    assert delta(before) == (1, 2, 1, 1, 0, 0)
 
 
 def test_exposed_names() -> None:

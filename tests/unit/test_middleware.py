@@ -48,6 +48,8 @@ class FakeApp:
             ratio = (parsed.get("mm_processor_kwargs") or {}).get("retention_ratio", 1.0)
             for n in parsed.get("images", []):
                 record_visual_tokens(max(1, int(n * ratio)), n)
+            for n in parsed.get("videos", []):
+                record_visual_tokens(max(1, int(n * ratio)), n, "video")
             status = parsed.get("status", 200)
         headers = dict(scope["headers"])
         payload = json.dumps(
@@ -416,16 +418,25 @@ def test_usage_visual_tokens_and_headers_for_json_response() -> None:
     assert resp.status_code == 200
     assert int(resp.headers["content-length"]) == len(resp.content)
     body = resp.json()
-    assert body["usage"]["visual_tokens"] == {"kept": 75, "total": 151, "images": 2}
+    assert body["usage"]["visual_tokens"] == {"kept": 75, "total": 151, "images": 2, "videos": 0}
     assert body["usage"]["prompt_tokens"] == 7
     assert resp.headers[HEADER_KEPT] == "75"
     assert resp.headers[HEADER_TOTAL] == "151"
 
 
+def test_videos_count_with_images_and_alone() -> None:
+    app = FakeApp()
+    resp = post(app, CHAT, json.dumps({"model": "m", "retention_ratio": 0.5, "images": [100], "videos": [400, 31]}))
+    assert resp.json()["usage"]["visual_tokens"] == {"kept": 265, "total": 531, "images": 1, "videos": 2}
+    assert resp.headers[HEADER_KEPT] == "265" and resp.headers[HEADER_TOTAL] == "531"
+    resp = post(app, CHAT, json.dumps({"model": "m", "retention_ratio": 0.25, "videos": [400]}))
+    assert resp.json()["usage"]["visual_tokens"] == {"kept": 100, "total": 400, "images": 0, "videos": 1}
+
+
 def test_images_at_server_default_ratio_are_reported_too() -> None:
     app = FakeApp()
     resp = post(app, CHAT, json.dumps({"model": "m", "images": [64]}))  # no options: body untouched
-    assert resp.json()["usage"]["visual_tokens"] == {"kept": 64, "total": 64, "images": 1}
+    assert resp.json()["usage"]["visual_tokens"] == {"kept": 64, "total": 64, "images": 1, "videos": 0}
     assert resp.headers[HEADER_KEPT] == "64"
 
 
@@ -449,7 +460,7 @@ def test_stats_do_not_leak_between_requests_or_to_other_paths() -> None:
     app = FakeApp()
     post(app, CHAT, json.dumps({"retention_ratio": 0.5, "images": [10]}))
     resp = post(app, CHAT, json.dumps({"retention_ratio": 0.5, "images": [20]}))
-    assert resp.json()["usage"]["visual_tokens"] == {"kept": 10, "total": 20, "images": 1}
+    assert resp.json()["usage"]["visual_tokens"] == {"kept": 10, "total": 20, "images": 1, "videos": 0}
     resp = post(app, "/v1/chat/completions/render", json.dumps({"images": [20]}))
     assert "visual_tokens" not in resp.json()["usage"] and HEADER_KEPT not in resp.headers
 
@@ -520,7 +531,7 @@ def test_installed_on_fastapi_like_vllm_does() -> None:
     assert seen[-1] == {"model": "m", "mm_processor_kwargs": {"retention_ratio": 0.25}}
     assert resp.json() == {
         "id": "x",
-        "usage": {"prompt_tokens": 3, "visual_tokens": {"kept": 4, "total": 16, "images": 1}},
+        "usage": {"prompt_tokens": 3, "visual_tokens": {"kept": 4, "total": 16, "images": 1, "videos": 0}},
     }
     assert int(resp.headers["content-length"]) == len(resp.content)
     resp = asyncio.run(go({"model": "m", "stream": True}))

@@ -15,30 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_middleware import FakeApp, post, received_json
+from vs_vllm.testing.fuzz import GUARDED_PATHS, PATHS, bodies, raw_bodies
 from vs_vllm.vllm_plugin.middleware import MEDIA_IO_KWARGS, MM_KWARGS
 from vs_vllm.vllm_plugin.options import OPTION_NAMES, parse_options
 
-PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/v1/embeddings", "/render"]
-TARGETS = set(PATHS[:3])
-
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
-    st.sampled_from(["0.5", "1", "nan", "inf", "-0.0", "1e-320", "visionselector", "uniform", "VisionSelector", ""]),
-    st.sampled_from([0, 1, 1.0, 0.0, -0.0, 0.3, 1e-300, 5e-324, 1.0000000000000002, 2**53, -1, True, False]),
-)
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
-option_names = st.sampled_from(list(OPTION_NAMES))
-keys = st.one_of(option_names, st.sampled_from(["max_pixels", "fps", "messages", "model"]), st.text(max_size=8))
-bodies = st.fixed_dictionaries(
-    {"model": st.just("m"), "messages": st.just([{"role": "user", "content": "hi"}])},
-    optional={
-        **{name: json_values for name in OPTION_NAMES},
-        MM_KWARGS: st.one_of(json_values, st.dictionaries(keys, json_values, max_size=4)),
-        MEDIA_IO_KWARGS: st.one_of(st.none(), st.just({}), json_values),
-    },
-)
+TARGETS = set(GUARDED_PATHS)
 
 
 def _check(app: FakeApp, path: str, body: dict) -> None:
@@ -67,7 +48,7 @@ def _check(app: FakeApp, path: str, body: dict) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(PATHS), body=bodies)
+@given(path=st.sampled_from(PATHS), body=bodies())
 def test_any_option_value_is_served_or_refused_with_400_naming_the_field(path, body) -> None:
     app = FakeApp()
     _check(app, path, body)
@@ -78,8 +59,7 @@ def test_any_option_value_is_served_or_refused_with_400_naming_the_field(path, b
 
 
 @settings(max_examples=100, deadline=None)
-@given(raw=st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode),
-                     json_values.map(lambda v: json.dumps(v).encode())))
+@given(raw=raw_bodies)
 def test_any_body_bytes_never_break_the_middleware(raw) -> None:
     app = FakeApp()
     resp = post(app, "/v1/chat/completions", raw)

@@ -320,3 +320,31 @@ def test_media_connector_is_ours_unless_the_environment_names_one() -> None:
     assert env["VLLM_MEDIA_CONNECTOR"] == "vs_vllm"
     _, env = build_serve_command(["M"], environ={"VLLM_MEDIA_CONNECTOR": "my_connector"})
     assert env["VLLM_MEDIA_CONNECTOR"] == "my_connector"
+
+
+@pytest.mark.parametrize("pp", [["--pipeline-parallel-size", "2"], ["-pp", "2"], ["--pipeline_parallel_size=4"]])
+def test_eager_pipeline_parallel_on_the_cpu_build_is_refused_with_the_fix(monkeypatch, pp) -> None:
+    monkeypatch.setattr(serve, "is_cpu_build", lambda: True)
+    with pytest.raises(serve.ServeError) as info:
+        serve.build_serve_command(["/models/x", *pp, "--enforce-eager"], environ={})
+    message = str(info.value)
+    assert "--pipeline-parallel-size" in message and "Drop --enforce-eager" in message
+    assert "TORCHDYNAMO_DISABLE=1" in message
+
+
+@pytest.mark.parametrize("args", [
+    ["--pipeline-parallel-size", "2"],  # not eager: the warm-up allocates the buffers
+    ["--pipeline-parallel-size", "1", "--enforce-eager"],
+    ["--pipeline-parallel-size", "2", "--enforce-eager", "--no-enforce-eager"],
+    ["--tensor-parallel-size", "2", "--enforce-eager"],
+])
+def test_other_parallel_and_eager_combinations_pass(monkeypatch, args) -> None:
+    monkeypatch.setattr(serve, "is_cpu_build", lambda: True)
+    cmd, _ = serve.build_serve_command(["/models/x", *args], environ={})
+    assert after_serve(cmd)[: 1 + len(args)] == ["/models/x", *args]
+
+
+def test_eager_pipeline_parallel_on_a_gpu_build_is_left_to_vllm(monkeypatch) -> None:
+    monkeypatch.setattr(serve, "is_cpu_build", lambda: False)
+    cmd, _ = serve.build_serve_command(["/models/x", "-pp", "2", "--enforce-eager"], environ={})
+    assert "--enforce-eager" in cmd

@@ -31,12 +31,7 @@ ARCHS = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
 MOE_ARCHS = ARCHS + ["qwen3_vl_moe"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_arch_servers_after_module(release_arch_servers):
-    yield
-
-
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="session", params=ARCHS)
 def arch_setup(request, served_arch):
     """(arch, model_dir, stock server, plugin server); tests are grouped per architecture."""
     return (request.param, *served_arch(request.param))
@@ -221,7 +216,7 @@ def test_visual_token_counts_reach_the_client_and_metrics(plugin_server, tiny_mo
     body = json.loads(raw.text)
     counts = _visual_counts(tiny_model_dir, "two-images")
     kept = sum(keep_count(n, 0.25) for n in counts)
-    assert body["usage"]["visual_tokens"] == {"kept": kept, "total": sum(counts), "images": 2}
+    assert body["usage"]["visual_tokens"] == {"kept": kept, "total": sum(counts), "images": 2, "videos": 0}
     assert int(raw.headers["x-vs-visual-tokens-kept"]) == kept
     assert int(raw.headers["x-vs-visual-tokens-total"]) == sum(counts)
     with urllib.request.urlopen(f"{plugin_server.base_url}/metrics", timeout=10) as resp:
@@ -336,18 +331,14 @@ def test_fifty_concurrent_mixed_requests(arch_setup, hf_reference) -> None:
         assert resp.choices[0].token_ids == tokens, case
 
 
-def test_chunked_prefill_equals_unchunked(arch_setup, scorer_file, start_plugin_server) -> None:
-    _, model_dir, _, plugin_server = arch_setup
-    chunked = start_plugin_server(model_dir, scorer=scorer_file,
-                                  extra_args=["--max-num-batched-tokens", "48", "--no-enable-prefix-caching"])
-    try:
-        for key, ratio in [("square", 1.0), ("two-images", 0.5), ("three-images", 0.3), ("tall", 0.1)]:
-            a = _chat(chunked, _images(key), retention_ratio=ratio)
-            b = _chat(plugin_server, _images(key), retention_ratio=ratio)
-            assert a.usage.prompt_tokens == b.usage.prompt_tokens
-            assert a.choices[0].token_ids == b.choices[0].token_ids, (key, ratio)
-    finally:
-        chunked.stop()
+def test_chunked_prefill_equals_unchunked(arch_setup, served_arch) -> None:
+    arch, _, _, plugin_server = arch_setup
+    chunked = served_arch.chunked(arch)  # 48-token prefill chunks, no prefix cache; shared with the video tests
+    for key, ratio in [("square", 1.0), ("two-images", 0.5), ("three-images", 0.3), ("tall", 0.1)]:
+        a = _chat(chunked, _images(key), retention_ratio=ratio)
+        b = _chat(plugin_server, _images(key), retention_ratio=ratio)
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens
+        assert a.choices[0].token_ids == b.choices[0].token_ids, (key, ratio)
 
 
 def test_visionselector_without_scorer_fails_at_startup(tiny_model_dir, start_plugin_server) -> None:

@@ -1,8 +1,9 @@
 """Qwen3.5 (hybrid gated-delta-net + full-attention LLM, Qwen3-VL vision tower without DeepStack) end to end on
-vLLM's CPU backend: ratio 1.0 through ``vs-vllm serve`` is token-identical to stock ``vllm serve``; pruned requests
-match the transformers reference; prefix caching (vLLM's "align" mamba cache mode) keeps results. (Chunked prefill
-is not tested here: with 48-token chunks the bf16 GDN state crosses chunk boundaries and flips near-ties against the
-unchunked server, so only a tolerance check would hold, and the extra server cost minutes of the suite's budget.)
+vLLM's CPU backend, images and videos: ratio 1.0 through ``vs-vllm serve`` is token-identical to stock ``vllm serve``;
+pruned requests match the transformers reference; prefix caching (vLLM's "align" mamba cache mode) keeps results.
+(Chunked prefill is not tested here: with 48-token chunks the bf16 GDN state crosses chunk boundaries and flips
+near-ties against the unchunked server, so only a tolerance check would hold, and the extra server cost minutes of
+the suite's budget.)
 
 Why bfloat16, and what "matches" means here: vLLM 0.32's CPU gated-delta-net kernel runs in bf16 only
 (``cpu_gdn_attention_core`` in vllm/model_executor/layers/mamba/ops/cpu/gdn_attention.py asserts
@@ -31,7 +32,7 @@ import torch
 
 from vs_vllm.selection.budget import keep_count
 from vs_vllm.testing.client import chat_messages, openai_client
-from vs_vllm.testing.images import noise_image
+from vs_vllm.testing.images import noise_image, noise_video
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +55,26 @@ IMAGE_SETS = {
 }
 
 
+#: key -> (images as (w, h), videos as (w, h, frames)): Qwen3-VL's per-frame video layout with timestamp text.
+VIDEO_SETS = {
+    "video": ([], [(112, 112, 8)]),
+    "image+video": ([(140, 196)], [(112, 84, 6)]),
+}
+
+
 def _images(key):
-    return [noise_image(w, h, seed=31 + i) for i, (w, h) in enumerate(IMAGE_SETS[key])]
+    sizes = IMAGE_SETS[key] if key in IMAGE_SETS else VIDEO_SETS[key][0]
+    return [noise_image(w, h, seed=31 + i) for i, (w, h) in enumerate(sizes)]
+
+
+def _videos(key):
+    return [noise_video(w, h, n, seed=70 + i) for i, (w, h, n) in enumerate(VIDEO_SETS.get(key, ((), ()))[1])]
 
 
 def _serve_args() -> list[str]:
     from vs_vllm.testing.server import tiny_serve_args
 
-    args = tiny_serve_args(max_images=4)
+    args = tiny_serve_args(max_images=4, max_videos=1)
     args[args.index("--dtype") + 1] = "bfloat16"  # the CPU GDN kernel is bf16-only (see the module docstring)
     return args
 
@@ -98,7 +111,7 @@ def _plugin(model_dir: Path, scorer_path: Path, log: Path, extra=()):
 
 
 #: Prompts whose stock answers the tests need (ratio 1.0 only: stock vLLM does not prune).
-STOCK_KEYS = ("square", "two-images", "four")
+STOCK_KEYS = ("square", "two-images", "four", "video", "image+video")
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +159,19 @@ def reference(hf):
     proc, _, selector = hf
     memo: dict = {}
 
-    def run(key, ratio, method="visionselector", seed=None):
-        if (key, ratio, method, seed) not in memo:
-            content = [{"type": "image"} for _ in IMAGE_SETS[key]] + [{"type": "text", "text": QUESTION}]
+    def run(key, ratio, method="visionselector", seed=None, video_ratio=None):
+        if (key, ratio, method, seed, video_ratio) not in memo:
+            images, videos = _images(key), _videos(key)
+            content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
+            content.append({"type": "text", "text": QUESTION})
             prompt = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                               tokenize=False)
-            inputs = proc(text=[prompt], images=_images(key), return_tensors="pt")
-            memo[key, ratio, method, seed] = selector.generate(inputs, ratio=ratio, method=method, seed=seed,
-                                                               max_new_tokens=MAX_TOKENS)
-        return memo[key, ratio, method, seed]
+            video_kwargs = dict(videos=[v.frames() for v in videos], video_metadata=[v.metadata() for v in videos],
+                                do_sample_frames=False) if videos else {}
+            inputs = proc(text=[prompt], images=images or None, return_tensors="pt", **video_kwargs)
+            memo[key, ratio, method, seed, video_ratio] = selector.generate(
+                inputs, ratio=ratio, method=method, seed=seed, max_new_tokens=MAX_TOKENS, video_ratio=video_ratio)
+        return memo[key, ratio, method, seed, video_ratio]
 
     return run
 
@@ -162,7 +179,8 @@ def reference(hf):
 def _chat(server, key, **options):
     client = openai_client(server.base_url)
     return client.chat.completions.create(
-        model="tiny", messages=chat_messages(_images(key), QUESTION), max_tokens=MAX_TOKENS, temperature=0.0,
+        model="tiny", messages=chat_messages(_images(key), QUESTION, videos=_videos(key)), max_tokens=MAX_TOKENS,
+        temperature=0.0,
         extra_body={"return_token_ids": True, "ignore_eos": True, **options},
     )
 
@@ -181,10 +199,11 @@ def _teacher_forced_logits(model, prompt, tokens) -> torch.Tensor:
         return model.lm_head(hidden[0, prompt.prompt_tokens - 1:]).float()
 
 
-def _check_against_reference(hf, reference, key, ratio, resp, method="visionselector", seed=None) -> bool:
+def _check_against_reference(hf, reference, key, ratio, resp, method="visionselector", seed=None,
+                             video_ratio=None) -> bool:
     """The bf16-aware comparison of the module docstring. Returns whether exact equality was asserted."""
     model = hf[1]
-    tokens, prompt = reference(key, ratio, method, seed)
+    tokens, prompt = reference(key, ratio, method, seed, video_ratio)
     served = resp.choices[0].token_ids
     assert resp.usage.prompt_tokens == prompt.prompt_tokens, (key, ratio, method)
     logits = _teacher_forced_logits(model, prompt, served)
@@ -236,6 +255,43 @@ def test_pruned_matches_hf_reference(plugin_server, hf, reference, key, ratio, m
     assert prompt.visual_total == sum(counts) and prompt.visual_kept < prompt.visual_total
     assert prompt.visual_kept == sum(keep_count(n, ratio) for n in counts)
     _check_against_reference(hf, reference, key, ratio, resp, method, seed)
+
+
+@pytest.mark.parametrize("key", list(VIDEO_SETS))
+def test_video_at_ratio_one_is_token_identical_to_stock_vllm(stock_answers, plugin_server, key) -> None:
+    ours = _chat(plugin_server, key, retention_ratio=1.0)
+    stock = stock_answers[key]
+    assert ours.prompt_token_ids == stock.prompt_token_ids
+    assert ours.choices[0].token_ids == stock.choices[0].token_ids
+
+
+VIDEO_CASES = [
+    # (media, ratio, video ratio, method, seed)
+    ("video", 0.3, None, "uniform", None),
+    ("image+video", 0.5, 0.2, "uniform", None),
+    ("video", 0.2, None, "random", 7),
+    ("image+video", 1.0, 0.3, "random", 7),
+]
+
+
+@pytest.mark.parametrize("key,ratio,video_ratio,method,seed", VIDEO_CASES,
+                         ids=[f"{k}-{r}-{v}-{m}" for k, r, v, m, _ in VIDEO_CASES])
+def test_pruned_video_matches_hf_reference(plugin_server, hf, reference, key, ratio, video_ratio, method,
+                                           seed) -> None:
+    """Videos on the hybrid model: kept tokens at their per-frame M-RoPE positions between the timestamp text, the
+    reference's prompt size exactly and its tokens up to bf16 near-ties (``uniform`` and seeded ``random`` do not read
+    the bf16 features, so the kept set is pinned)."""
+    options = {"retention_ratio": ratio, "selection_method": method}
+    if video_ratio is not None:
+        options["video_retention_ratio"] = video_ratio
+    if seed is not None:
+        options["selection_seed"] = seed
+    resp = _chat(plugin_server, key, **options)
+    _, prompt = reference(key, ratio, method, seed, video_ratio)
+    _, full = reference(key, 1.0)
+    assert prompt.visual_kept < prompt.visual_total == full.visual_total
+    assert resp.usage.prompt_tokens == prompt.prompt_tokens < full.prompt_tokens
+    _check_against_reference(hf, reference, key, ratio, resp, method, seed, video_ratio)
 
 
 def test_some_pruned_cases_are_compared_exactly(plugin_server, hf, reference) -> None:

@@ -1,4 +1,5 @@
-"""Video pruning end to end through ``vs-vllm serve`` (Qwen2.5-VL, Qwen2-VL), against stock vLLM and the HF reference.
+"""Video pruning end to end through ``vs-vllm serve`` (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE), against stock vLLM
+and the HF reference.
 
 Per request, ``retention_ratio`` applies to every media item and ``video_retention_ratio`` overrides it for videos;
 each video keeps K = keep_count(N, r) tokens at their original (t, h, w) M-RoPE positions, the temporal index scaled by
@@ -21,10 +22,11 @@ pytestmark = pytest.mark.slow
 QUESTION = "What happens in the video?"
 MAX_TOKENS = 8
 #: The whole matrix runs for Qwen2.5-VL (contiguous videos, temporal scaling) and Qwen3-VL (per-frame layout);
-#: Qwen2-VL shares Qwen2.5-VL's video path and runs ratio 1.0 == stock and pruned == HF (``LIGHT_ARCHS`` tests), to
-#: keep the suite within its 20 minutes.
+#: Qwen2-VL shares Qwen2.5-VL's video path and Qwen3-VL-MoE Qwen3-VL's: they run ratio 1.0 == stock and pruned == HF
+#: (``LIGHT_ARCHS`` tests) on the servers the image tests of their architecture use, to keep the suite within its 20
+#: minutes. (Qwen3.5's videos are in test_qwen3_5_e2e.py.)
 ARCHS = ["qwen2_5_vl", "qwen3_vl"]
-LIGHT_ARCHS = ARCHS + ["qwen2_vl"]
+LIGHT_ARCHS = ARCHS + ["qwen2_vl", "qwen3_vl_moe"]
 
 #: key -> (images as (w, h), videos as (w, h, frames))
 MEDIA = {
@@ -40,12 +42,7 @@ def _media(key):
             [noise_video(w, h, n, seed=60 + i) for i, (w, h, n) in enumerate(videos)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_arch_servers_after_module(release_arch_servers):
-    yield
-
-
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="session", params=ARCHS)
 def arch_setup(request, served_arch):
     return (request.param, *served_arch(request.param))
 
@@ -90,13 +87,10 @@ def _chat(server, key, **options):
     )
 
 
-@pytest.fixture(scope="module")
-def chunked_plugin(arch_setup, scorer_file, start_plugin_server):
-    """``vs-vllm serve`` with 48-token prefill chunks and no prefix cache."""
-    server = start_plugin_server(arch_setup[1], scorer=scorer_file,
-                                 extra_args=["--max-num-batched-tokens", "48", "--no-enable-prefix-caching"])
-    yield server
-    server.stop()
+@pytest.fixture
+def chunked_plugin(arch_setup, served_arch):
+    """``vs-vllm serve`` with 48-token prefill chunks and no prefix cache (shared with the image tests)."""
+    return served_arch.chunked(arch_setup[0])
 
 
 @pytest.mark.parametrize("arch_setup", LIGHT_ARCHS, indirect=True)
@@ -132,6 +126,39 @@ def test_pruned_video_matches_hf_reference(arch_setup, hf_reference, key, ratio)
 
 def _item_sizes(hf_reference, key):
     return [int(k.numel()) for k in hf_reference(key, 1.0)[2]]
+
+
+def _metric(base_url: str, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
+
+
+@pytest.mark.parametrize("key", list(MEDIA))
+def test_visual_token_counts_cover_videos_and_processor_cache_hits(arch_setup, hf_reference, key) -> None:
+    """usage.visual_tokens, the headers and /metrics count videos (K_i embedding positions of N_i, from the processed
+    grid), also on the second, identical request, which the processor cache answers without a processed item."""
+    import json
+
+    images, videos = MEDIA[key]
+    sizes = _item_sizes(hf_reference, key)  # images first, then videos, as in the prompt
+    ratio, video_ratio = 0.5, 0.2
+    kept = [keep_count(n, ratio) for n in sizes[:len(images)]] + [keep_count(n, video_ratio)
+                                                                   for n in sizes[len(images):]]
+    expected = {"kept": sum(kept), "total": sum(sizes), "images": len(images), "videos": len(videos)}
+    plugin = arch_setup[3]
+    before = _metric(plugin.base_url, "vs_vllm:videos_total")
+    for _ in range(2):
+        media_images, media_videos = _media(key)
+        raw = openai_client(plugin.base_url).chat.completions.with_raw_response.create(
+            model="tiny", messages=chat_messages(media_images, QUESTION, videos=media_videos), max_tokens=2,
+            temperature=0.0, extra_body={"retention_ratio": ratio, "video_retention_ratio": video_ratio})
+        assert json.loads(raw.text)["usage"]["visual_tokens"] == expected
+        assert int(raw.headers["x-vs-visual-tokens-kept"]) == expected["kept"]
+        assert int(raw.headers["x-vs-visual-tokens-total"]) == expected["total"]
+    assert _metric(plugin.base_url, "vs_vllm:videos_total") - before == 2 * len(videos)
 
 
 def test_video_retention_ratio_prunes_videos_only(arch_setup, hf_reference) -> None:

@@ -396,14 +396,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the request mix (default: %(default)s)")
+    add_server_arguments(p, "drive", "stress_cpu.{md,csv} go", "stress-quick")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 150 requests, at most 90 s")
+
+
+def add_server_arguments(p: argparse.ArgumentParser, verb: str, outputs_go: str, quick_dir: str) -> None:
+    """The options of a benchmark that starts one vs-vllm server of the tiny model (or drives a running one)."""
     p.add_argument("--model-dir", type=Path, default=Path(".cache/tiny-qwen2_5_vl"),
                    help="model to serve (built as the tiny test model if missing; default: %(default)s)")
     p.add_argument("--scorer", type=Path, default=None, help="scorer file (default: a random one beside the model)")
-    p.add_argument("--base-url", default=None, help="drive this running vs-vllm server instead of starting one "
+    p.add_argument("--base-url", default=None, help=f"{verb} this running vs-vllm server instead of starting one "
                    "(no RSS figures then)")
     p.add_argument("--out-dir", type=Path, default=None,
-                   help="where stress_cpu.{md,csv} go (default: benchmarks/results; --quick: .cache/stress-quick)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 150 requests, at most 90 s")
+                   help=f"where {outputs_go} (default: benchmarks/results; --quick: .cache/{quick_dir})")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "vs-vllm bench stress") -> int:

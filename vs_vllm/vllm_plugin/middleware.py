@@ -20,7 +20,7 @@ Responses (the three paths above): the downstream app runs inside
 :func:`vs_vllm.vllm_plugin.request_stats.collecting`. If the multimodal processor recorded visual tokens by the time
 the response starts, the headers ``x-vs-visual-tokens-kept`` and ``x-vs-visual-tokens-total`` are added (streaming
 included), and a 200 JSON response with a ``usage`` object gets ``usage.visual_tokens = {"kept": K, "total": N,
-"images": I}``. Streams (``text/event-stream``) are never buffered.
+"images": I, "videos": V}``. Streams (``text/event-stream``) are never buffered.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class _StatsSender:
         self._stats = stats
         self._start: Message | None = None  # held back while buffering a JSON body
         self._chunks: list[bytes] = []
-        self._snapshot: tuple[int, int, int] | None = None
+        self._snapshot: tuple[int, int, int, int] | None = None
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -276,10 +276,10 @@ class _StatsSender:
 
     async def _on_start(self, message: Message) -> None:
         stats = self._stats
-        if stats.images <= 0:
+        if stats.items <= 0:
             await self._send(message)
             return
-        self._snapshot = (stats.kept, stats.total, stats.images)
+        self._snapshot = (stats.kept, stats.total, stats.images, stats.videos)
         headers = list(message.get("headers", []))
         extra = [(HEADER_KEPT.encode(), str(stats.kept).encode()), (HEADER_TOTAL.encode(), str(stats.total).encode())]
         message = {
@@ -306,8 +306,8 @@ class _StatsSender:
         except (ValueError, UnicodeDecodeError):
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-            kept, total, images = self._snapshot
-            parsed["usage"]["visual_tokens"] = {"kept": kept, "total": total, "images": images}
+            kept, total, images, videos = self._snapshot
+            parsed["usage"]["visual_tokens"] = {"kept": kept, "total": total, "images": images, "videos": videos}
             body = _dumps(parsed)
         start = {
             **start,

@@ -161,6 +161,7 @@ def _plan(
     elif env.get(ENV_SCORER) and not Path(env[ENV_SCORER]).exists():
         raise ServeError(f"{ENV_SCORER}={env[ENV_SCORER]} (from the environment): no such file or directory")
     _refuse_video_pruning_rate(passthrough)
+    _refuse_cpu_eager_pipeline_parallel(passthrough)
 
     # Inherited VS_VLLM_* values are what vLLM's processes will read: fail here, not in a worker.
     from vs_vllm.vllm_plugin.options import default_options
@@ -279,6 +280,38 @@ def _refuse_video_pruning_rate(passthrough: Sequence[str]) -> None:
         refuse_vllm_video_pruning(config)
     except ValueError as exc:
         raise ServeError(str(exc)) from None
+
+
+def _pipeline_parallel_size(passthrough: Sequence[str]) -> int:
+    value = None
+    for i, arg in enumerate(passthrough):
+        if _flag_name(arg) in ("--pipeline-parallel-size", "-pp"):
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(passthrough):
+                value = passthrough[i + 1]
+    try:
+        return int(value) if value is not None else 1
+    except ValueError:
+        return 1  # vLLM's own parser reports it
+
+
+def _refuse_cpu_eager_pipeline_parallel(passthrough: Sequence[str]) -> None:
+    """Stock vLLM 0.32 on the CPU build: the CPU runner allocates the buffers a later pipeline stage receives into only
+    in its compile warm-up, which ``--enforce-eager`` skips, so the first request kills the engine (an AssertionError
+    in ``sync_and_gather_intermediate_tensors``, every later request a 500). Say so before vLLM starts."""
+    eager = False
+    for arg in passthrough:
+        if _flag_name(arg) == "--enforce-eager":
+            eager = "=" not in arg or arg.split("=", 1)[1].lower() in ("1", "true", "yes")
+        elif _flag_name(arg) == "--no-enforce-eager":
+            eager = False
+    if eager and _pipeline_parallel_size(passthrough) > 1 and is_cpu_build():
+        raise ServeError(
+            "--pipeline-parallel-size > 1 with --enforce-eager on the CPU build: vLLM's CPU runner then never allocates "
+            "the buffers a later pipeline stage receives into and the first request kills the engine. Drop "
+            "--enforce-eager (without a working C++ compiler, also set TORCHDYNAMO_DISABLE=1 VLLM_USE_AOT_COMPILE=0: "
+            "the model then runs eagerly anyway)")
 
 
 def build_serve_command(

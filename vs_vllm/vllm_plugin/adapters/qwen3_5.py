@@ -10,8 +10,8 @@ What Qwen3.5 shares with Qwen3-VL, and why the Qwen3-VL adapter applies unchange
   text (transformers' ``Qwen3_5Model.get_rope_index`` splits video grids per frame exactly like Qwen3-VL's); the LLM
   rotates only ``partial_rotary_factor`` of each full-attention head with interleaved sections, which changes how
   positions are consumed, not the positions;
-- videos are pruned as on Qwen3-VL (per-frame layout, kept tokens in the first frame's run; inherited), but no
-  video e2e test covers Qwen3.5.
+- videos are pruned as on Qwen3-VL (per-frame layout, kept tokens in the first frame's run; inherited); the video
+  e2e tests of Qwen3.5 are in tests/vllm/test_qwen3_5_e2e.py.
 
 What differs is the language model: a hybrid of gated-delta-net layers (recurrent state, vLLM's "mamba" cache) and
 gated full attention (``IsHybrid``). The pruning layer needs nothing extra for it: the processor already writes K_i

@@ -133,18 +133,79 @@ class PruningProcessorMixin:
 
     def apply(self, inputs, *args: Any, **kwargs: Any):
         result = super().apply(inputs, *args, **kwargs)  # type: ignore[misc]
-        # Per-request counts for the client and /metrics. N_i comes from the image size, not from the processed item,
-        # because processor-cache hits hand back no item.
+        pruned = self.vs_adapter.pruned_modalities
+        if "image" in pruned:
+            self._record_image_tokens(inputs, result)
+        if "video" in pruned:
+            self._record_video_tokens(result)
+        return result
+
+    def _record_image_tokens(self, inputs, result) -> None:
+        """Per-request counts for the client and /metrics. N_i comes from the image size, not from the processed item,
+        because processor-cache hits hand back no item."""
         images = inputs.mm_data_items.get("image")
         placeholders = result["mm_placeholders"].get("image", [])
-        if "image" in self.vs_adapter.pruned_modalities and hasattr(images, "get_image_size") and \
-                len(placeholders) == images.get_count():
-            info = self.info  # type: ignore[attr-defined]
-            hf_kwargs = split_options(inputs.hf_processor_mm_kwargs)[1]
-            image_processor = info.get_image_processor(**hf_kwargs)
-            for i, placeholder in enumerate(placeholders):
-                size = images.get_image_size(i)
-                total = info.get_num_image_tokens(image_width=size.width, image_height=size.height,
-                                                  image_processor=image_processor, mm_kwargs=hf_kwargs)
-                record_visual_tokens(int(placeholder.length), int(total))
-        return result
+        if not hasattr(images, "get_image_size") or len(placeholders) != images.get_count():
+            return
+        info = self.info  # type: ignore[attr-defined]
+        hf_kwargs = split_options(inputs.hf_processor_mm_kwargs)[1]
+        image_processor = info.get_image_processor(**hf_kwargs)
+        for i, placeholder in enumerate(placeholders):
+            size = images.get_image_size(i)
+            total = info.get_num_image_tokens(image_width=size.width, image_height=size.height,
+                                              image_processor=image_processor, mm_kwargs=hf_kwargs)
+            record_visual_tokens(int(placeholder.length), int(total), "image")
+
+    def _record_video_tokens(self, result) -> None:
+        """Per-request counts of videos: K_i is the placeholder's embedding positions (Qwen3-VL's placeholder also
+        spans the timestamp text between frames), N_i the processed grid's. A video's frame count can change in the
+        HF processor (Qwen3-VL samples frames when vLLM's loader did not), so N_i is not derived from the raw frames:
+        it is read from the processed item, and remembered by the item's multimodal hash for processor-cache hits
+        (which hand back no item; the hash covers the request's options, so it determines N_i)."""
+        placeholders = result["mm_placeholders"].get("video", [])
+        if not placeholders:
+            return
+        items = result["mm_kwargs"].get("video", [])
+        hashes = (result.get("mm_hashes") or {}).get("video", [])
+        grid_field = self.vs_adapter.grid_fields["video"]
+        for i, placeholder in enumerate(placeholders):
+            item = items[i] if i < len(items) else None
+            key = hashes[i] if i < len(hashes) else None
+            total = None
+            if item is not None and grid_field in item:
+                grid = torch.as_tensor(item[grid_field].data).reshape(1, 3)
+                hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
+                total = sum(t * h * w for t, h, w in self.vs_adapter.llm_grids(grid, hf_config))
+                if key is not None:
+                    _VIDEO_TOTALS.put(key, total)
+            elif key is not None:
+                total = _VIDEO_TOTALS.get(key)
+            if total is not None:
+                record_visual_tokens(int(placeholder.get_num_embeds()), int(total), "video")
+
+
+class _BoundedMemo:
+    """A small LRU map (multimodal hash -> N_i) for the API-server process."""
+
+    def __init__(self, capacity: int) -> None:
+        from collections import OrderedDict
+
+        self.capacity = capacity
+        self._data: OrderedDict[str, int] = OrderedDict()
+
+    def put(self, key: str, value: int) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def get(self, key: str) -> int | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+
+#: N_i of recently processed videos. 65,536 entries (a few MiB) outlive the processor cache's video items, each of
+#: which holds its frames' pixels; a hit whose entry was evicted is left out of the counts rather than guessed.
+_VIDEO_TOTALS = _BoundedMemo(65536)
