@@ -363,10 +363,14 @@ def _stripes(side: int, period: int, angle: float, phase: float, duty: float) ->
 
 
 def render_sample(rng: np.random.Generator, cfg: SyntheticConfig,
-                  coloured_decoys: int | None = None) -> tuple[Image.Image, dict[str, Any]]:
+                  coloured_decoys: int | None = None, target: bool = True,
+                  decoy_rng: np.random.Generator | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """Draw one image; returns it and its metadata (answer colour, shape, bbox, token cells, decoys, distractors).
 
-    ``coloured_decoys`` overrides ``cfg.coloured_decoys`` (the train split draws it per image)."""
+    ``coloured_decoys`` overrides ``cfg.coloured_decoys`` (the train split draws it per image). For the video task:
+    ``target=False`` draws the same scene without the target (its metadata then has no target cells), and
+    ``decoy_rng`` draws the coloured decoys from another generator, so that frames rendered from equal ``rng`` states
+    share background, distractors and the target's place while their decoys move."""
     size = cfg.image_size
     img = _background(rng, size, cfg.texture_strength)
 
@@ -399,16 +403,17 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig,
         distractors.append({"shape": dshape, "texture": kind, "bbox": [dx, dy, dx + dside, dy + dside]})
 
     decoys = []
+    drng = rng if decoy_rng is None else decoy_rng
     for _ in range(cfg.coloured_decoys if coloured_decoys is None else coloured_decoys):
-        placed = _place_object(rng, cfg.decoy_size, size, boxes)
+        placed = _place_object(drng, cfg.decoy_size, size, boxes)
         if placed is None:
             continue
         dx, dy, dside, dshape = placed
-        dcolour = str(cfg.colours[int(rng.integers(len(cfg.colours)))])
-        drgb = _jittered(rng, dcolour, cfg.colour_jitter)
+        dcolour = str(cfg.colours[int(drng.integers(len(cfg.colours)))])
+        drgb = _jittered(drng, dcolour, cfg.colour_jitter)
         while np.array_equal(drgb, rgb):  # keep the target's exact pixel value unique to the target
-            drgb = _jittered(rng, dcolour, max(cfg.colour_jitter, 1))
-        mask = _shape_mask(dshape, dside, float(rng.uniform(0, 2 * math.pi)))
+            drgb = _jittered(drng, dcolour, max(cfg.colour_jitter, 1))
+        mask = _shape_mask(dshape, dside, float(drng.uniform(0, 2 * math.pi)))
         img[dy:dy + dside, dx:dx + dside][mask] = drgb
         boxes.append((dx, dy, dx + dside, dy + dside))
         decoys.append({"shape": dshape, "colour": dcolour, "rgb": [int(v) for v in drgb],
@@ -427,7 +432,11 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig,
         style.update(stripe_period=period, stripe_angle=round(math.degrees(angle), 2))
     else:
         coloured = tmask
-    img[ty:ty + side, tx:tx + side][tmask] = fill[tmask]
+    if target:
+        img[ty:ty + side, tx:tx + side][tmask] = fill[tmask]
+    else:
+        tmask = np.zeros_like(tmask)
+        coloured = tmask
 
     full = np.zeros((size, size), dtype=bool)
     full[ty:ty + side, tx:tx + side] = tmask

@@ -273,3 +273,16 @@ def test_train_base_patchify_matches_the_processor(arch, size, tmp_path):
     assert tb.arch_of(tmp_path) == arch and tb.model_class(arch).__name__ == tb.ARCHS[arch][1]
     with pytest.raises(ValueError, match="would be resized"):
         patchify.check_size(size + 8, size)
+
+
+def test_scene_without_the_target_differs_only_where_the_target_was(gen):
+    """The video task's decoy-only frames: the same scene (same draws) minus the striped target."""
+    cfg = gen.SyntheticConfig()
+    with_target, meta = gen.render_sample(gen.sample_rng(3, "test", 0), cfg)
+    without, meta_none = gen.render_sample(gen.sample_rng(3, "test", 0), cfg, target=False)
+    a, b = np.asarray(with_target, dtype=np.int16), np.asarray(without, dtype=np.int16)
+    x0, y0, x1, y1 = meta["bbox"]
+    diff = np.argwhere(np.abs(a - b).sum(axis=2) > 0)
+    assert len(diff) > 0 and meta["target_tokens"]
+    assert diff[:, 0].min() >= y0 and diff[:, 0].max() < y1 and diff[:, 1].min() >= x0 and diff[:, 1].max() < x1
+    assert meta_none["target_tokens"] == [] and meta_none["decoys"] == meta["decoys"]

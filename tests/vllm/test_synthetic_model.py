@@ -126,3 +126,29 @@ def test_run_benchmark_quick_qwen3_vl(tmp_path):
     kept = list(csv.DictReader(open(results / "synthetic_qwen3_vl_target_kept.csv")))
     assert {(r["method"], r["ratio"]) for r in kept} >= {("visionselector", "0.2"), ("norm", "0.2")}
     assert not (results / "synthetic_accuracy.csv").exists()
+
+
+# ---- the synthetic video task (benchmarks/synthetic/video_quality.py) ----------------------------------------------
+
+
+def test_video_task_runs_every_method_through_the_server(synthetic_server, tmp_path):
+    """The video benchmark's pipeline on a few videos: every method answers through the server, each at its
+    K = keep_count(256, r) tokens, and the report is written. (Accuracy is the committed run's business: a handful of
+    videos cannot tell methods apart.)"""
+    from vs_vllm.selection.budget import keep_count
+    from vs_vllm.selection.methods import list_methods
+    from vs_vllm.testing.scripts import load_script
+
+    vq = load_script(Path(__file__).parents[2] / "benchmarks" / "synthetic" / "video_quality.py", "video_quality")
+    question, videos = vq.make_videos(3, seed=11)
+    assert all(v["answer"] and 0 <= v["target_group"] < 4 and len(v["video"]) == 8 for v in videos)
+    rows = vq.evaluate(synthetic_server.base_url, question, videos, [1.0, 0.1], list_methods())
+    assert len(rows) == 3 * (1 + len(list_methods()))
+    assert {r["total"] for r in rows} == {256}
+    assert all(r["kept"] == keep_count(256, r["ratio"]) for r in rows)
+    assert all(r["output"] for r in rows)
+    path = vq.write_report(tmp_path, rows, {"started": "now", "machine": "test", "command": "test", "seed": 11,
+                                            "groups": 4, "quality": 95, "size": 224, "scene": "static"})
+    text = path.read_text()
+    assert all(m in text for m in list_methods()) and "r=0.1 (25 tok)" in text
+    assert (tmp_path / "synthetic_video_accuracy.csv").is_file()
