@@ -151,9 +151,7 @@ def write_report(out_dir: Path, rows: Sequence[dict[str, Any]], meta: dict[str, 
         "target is in one group; " + ("background and distractors are the same in every group, the 6 coloured decoys "
                                       "move and change colour" if meta["scene"] == "static" else
                                       "every group is a new scene (background, distractors, decoys)") + ". Chance: 1/8.",
-        "- model: the committed synthetic Qwen2.5-VL and its scorer (benchmarks/synthetic/model), trained on single "
-        "images only, so this is the image model zero-shot on videos; `video_retention_ratio` per request, greedy, "
-        "one token.", "",
+        f"- model: {meta['model']}; `video_retention_ratio` per request, greedy, one token.", "",
         "| method | " + " | ".join(f"r={r:g} ({tokens[r]} tok)" for r in ratios) + " |",
         "|---|" + "---:|" * len(ratios),
     ]
@@ -186,6 +184,18 @@ def write_report(out_dir: Path, rows: Sequence[dict[str, Any]], meta: dict[str, 
     return out_dir / f"{stem}_accuracy.md"
 
 
+def model_description(model_dir: Path) -> str:
+    """What the report says about the served model: the committed image model, or a video fine-tune of it."""
+    info_path = model_dir / "training_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "frozen" in info:  # finetune_video.py
+        return (f"`{model_dir.name}`: the committed synthetic image model with its language model fine-tuned on "
+                f"videos ({info['steps']} steps of {info['batch_size']}, {info['frozen']} frozen, so the committed "
+                "scorer reads the same visual tokens; benchmarks/synthetic/finetune_video.py), and that scorer")
+    return ("the committed synthetic Qwen2.5-VL and its scorer (benchmarks/synthetic/model), trained on single images "
+            "only, so this is the image model zero-shot on videos")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     from vs_vllm.benchmarking.prefill import machine_info
     from vs_vllm.selection.methods import list_methods
@@ -201,19 +211,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS), help="video retention ratios")
     p.add_argument("--methods", default=",".join(list_methods()), help="selection methods (default: all)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
-    p.add_argument("--base-url", default=None, help="a running vs-vllm serve of the synthetic model")
+    p.add_argument("--model-dir", type=Path, default=MODEL_DIR,
+                   help="model (with its scorer.safetensors) to serve (default: the committed image model)")
+    p.add_argument("--stem", default=None, help="results file stem (default: synthetic_video, synthetic_video_fresh "
+                   "with --scene fresh, synthetic_video_<model dir name> for another model)")
+    p.add_argument("--base-url", default=None, help="a running vs-vllm serve of --model-dir")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    question, videos = make_videos(args.videos, groups=args.groups, seed=args.seed, scene=args.scene)
+    question, videos = make_videos(args.videos, groups=args.groups, seed=args.seed, scene=args.scene,
+                                   model_dir=args.model_dir)
     server = None
     base_url = args.base_url
     if base_url is None:
-        server = VLLMServer(MODEL_DIR, ["--scorer", str(MODEL_DIR / "scorer.safetensors"),
+        server = VLLMServer(args.model_dir, ["--scorer", str(args.model_dir / "scorer.safetensors"),
                                         *tiny_serve_args(max_images=1, max_videos=1)],
                             command=[sys.executable, "-m", "vs_vllm", "serve"])
-        print(f"[video-quality] starting vs-vllm serve of {MODEL_DIR} (log {server.log_path}) ...", flush=True)
+        print(f"[video-quality] starting vs-vllm serve of {args.model_dir} (log {server.log_path}) ...", flush=True)
         server.start()
         base_url = server.base_url
     started = dt.datetime.now().isoformat(timespec="seconds")
@@ -228,12 +243,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
     m = machine_info()
-    gen_info = json.loads((MODEL_DIR / "dataset.json").read_text())
+    gen_info = json.loads((args.model_dir / "dataset.json").read_text())
     meta = {"started": started, "seed": args.seed, "groups": args.groups, "quality": 95, "scene": args.scene,
+            "model": model_description(args.model_dir),
             "size": gen_info.get("config", gen_info).get("image_size", 224),
             "machine": f"{m.get('cpu')}, {m.get('logical_cpus')} logical CPUs, {m.get('mem_gib')} GiB",
             "command": shlex.join(["python", "benchmarks/synthetic/video_quality.py", *(argv or sys.argv[1:])])}
-    stem = "synthetic_video" if args.scene == "static" else "synthetic_video_fresh"
+    stem = args.stem or ("synthetic_video" + ("" if args.scene == "static" else "_fresh") +
+                         ("" if args.model_dir.resolve() == MODEL_DIR.resolve() else f"_{args.model_dir.name}"))
     path = write_report(args.out_dir, rows, meta, stem)
     print(path.read_text())
     return 0
