@@ -205,7 +205,8 @@ def test_top_level_help_lists_serve(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args", [["--video-pruning-rate", "0.5"], ["--video-pruning-rate=0.25"]])
+@pytest.mark.parametrize("args", [["--video-pruning-rate", "0.5"], ["--video-pruning-rate=0.25"],
+                                  ["--video_pruning_rate=0.25"]])
 def test_vllm_video_pruning_is_refused_naming_both_options(args) -> None:
     with pytest.raises(serve.ServeError) as info:
         serve.build_serve_command(["/models/x", *args], environ={})

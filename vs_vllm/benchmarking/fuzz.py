@@ -230,10 +230,3 @@ def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> i
                        base_url=args.base_url, command=" ".join([prog, *argv]))
     ok = summary["broken"] == 0 and summary["same_answer"] and summary["health_end"] == 200
     return 0 if ok else 1
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "vs-vllm bench fuzz") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return run_from_args(args, prog, list(sys.argv[1:] if argv is None else argv))

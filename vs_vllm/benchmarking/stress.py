@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StressConfig", "add_arguments", "main", "run_stress"]
+__all__ = ["StressConfig", "add_arguments", "run_from_args", "run_stress"]
 
 KINDS = {"chat": 0.80, "oversized": 0.04, "disconnect": 0.07, "bad": 0.08, "unreachable": 0.01}
 RATIOS = (None, 1.0, 0.5, 0.3, 0.1)
@@ -409,13 +409,6 @@ def add_server_arguments(p: argparse.ArgumentParser, verb: str, outputs_go: str,
                    "(no RSS figures then)")
     p.add_argument("--out-dir", type=Path, default=None,
                    help=f"where {outputs_go} (default: benchmarks/results; --quick: .cache/{quick_dir})")
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "vs-vllm bench stress") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return run_from_args(args, prog, list(sys.argv[1:] if argv is None else argv))
 
 
 def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:

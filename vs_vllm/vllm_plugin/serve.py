@@ -252,14 +252,17 @@ def _ratio_flag(flag: str, text: str, what: str) -> str:
         raise ServeError(f"{flag} {text}: {exc}") from None
 
 
-def _passthrough_value(passthrough: Sequence[str], flag: str) -> str | None:
-    """The last value given to ``flag`` (``--flag V`` or ``--flag=V``) among the arguments passed to vLLM."""
+def _passthrough_value(passthrough: Sequence[str], *flags: str) -> str | None:
+    """The last value given to any of ``flags`` (``--flag V`` or ``--flag=V``; underscores in option names, as vLLM
+    accepts them) among the arguments passed to vLLM."""
     value = None
     for i, arg in enumerate(passthrough):
-        if arg == flag and i + 1 < len(passthrough):
-            value = passthrough[i + 1]
-        elif arg.startswith(flag + "="):
+        if _flag_name(arg) not in flags:
+            continue
+        if arg.startswith("--") and "=" in arg:
             value = arg.split("=", 1)[1]
+        elif i + 1 < len(passthrough):
+            value = passthrough[i + 1]
     return value
 
 
@@ -283,13 +286,7 @@ def _refuse_video_pruning_rate(passthrough: Sequence[str]) -> None:
 
 
 def _pipeline_parallel_size(passthrough: Sequence[str]) -> int:
-    value = None
-    for i, arg in enumerate(passthrough):
-        if _flag_name(arg) in ("--pipeline-parallel-size", "-pp"):
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif i + 1 < len(passthrough):
-                value = passthrough[i + 1]
+    value = _passthrough_value(passthrough, "--pipeline-parallel-size", "-pp")
     try:
         return int(value) if value is not None else 1
     except ValueError:

@@ -168,13 +168,13 @@ class PruningProcessorMixin:
         items = result["mm_kwargs"].get("video", [])
         hashes = (result.get("mm_hashes") or {}).get("video", [])
         grid_field = self.vs_adapter.grid_fields["video"]
+        hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
         for i, placeholder in enumerate(placeholders):
             item = items[i] if i < len(items) else None
             key = hashes[i] if i < len(hashes) else None
             total = None
             if item is not None and grid_field in item:
                 grid = torch.as_tensor(item[grid_field].data).reshape(1, 3)
-                hf_config = self.info.get_hf_config()  # type: ignore[attr-defined]
                 total = sum(t * h * w for t, h, w in self.vs_adapter.llm_grids(grid, hf_config))
                 if key is not None:
                     _VIDEO_TOTALS.put(key, total)
