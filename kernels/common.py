@@ -17,12 +17,16 @@ import torch
 
 from vs_vllm.selection.topk import validate_k
 
+from .position_channels import NUM_POSITION_CHANNELS, PositionChannels, check_coordinates
+
 __all__ = [
     "SUPPORTED_DTYPES",
     "host_ints_on",
     "require_powers_of_two",
     "Plan",
     "Selection",
+    "check_channels",
+    "check_gather_source",
     "check_scorer_weights",
     "empty_selection",
     "make_gather_plan",
@@ -42,12 +46,15 @@ class Selection(NamedTuple):
     indices:   [sum K_i] int64, index of each kept row *within its image* (0 <= j < N_i).
     positions: [sum K_i, 3] int64 (t, h, w) of each kept row on its image's LLM grid, or None without grids.
     cu_keep:   [B + 1] int64 cumulative kept counts (image i owns rows cu_keep[i]:cu_keep[i+1]), on x.device.
+    packed:    with ``PositionChannels``: [sum K_i, D + 6], each kept row followed by its position channels
+               (``position_channels.py``), and ``rows`` is the view packed[:, :D]; otherwise None.
     """
 
     rows: torch.Tensor
     indices: torch.Tensor
     positions: torch.Tensor | None
     cu_keep: torch.Tensor
+    packed: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -246,13 +253,39 @@ def check_scorer_weights(
     return h
 
 
-def empty_selection(x: torch.Tensor, plan: Plan) -> Selection:
+def check_gather_source(x: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+    """The tensor kept rows are gathered from: ``source`` (the same tokens as ``x``, possibly wider: a model whose
+    vision output carries more columns than the scorer reads) or ``x`` itself."""
+    if source is None:
+        return x
+    _check_x(source)
+    if source.shape[0] != x.shape[0] or source.device != x.device:
+        raise ValueError(f"source must hold the {x.shape[0]} rows of x on {x.device}, got {tuple(source.shape)} on "
+                         f"{source.device}")
+    return source
+
+
+def check_channels(plan: Plan, channels: PositionChannels | None) -> None:
+    """Host-side checks of a request for the packed layout: host grids, factors, coordinates that fit."""
+    if channels is None:
+        return
+    if not isinstance(channels, PositionChannels):
+        raise ValueError(f"channels must be a PositionChannels or None, got {type(channels).__name__}")
+    if plan.grids is None:
+        raise ValueError("position channels need the (t, h, w) grids as host values (a list or a CPU tensor)")
+    for grid, factor in zip(plan.grids, channels.factors_for(plan.num_images)):
+        check_coordinates(grid, factor)
+
+
+def empty_selection(x: torch.Tensor, plan: Plan, channels: PositionChannels | None = None) -> Selection:
     """The result for a batch with no images."""
     dev = x.device
     pos = torch.empty(0, 3, dtype=torch.long, device=dev) if plan.has_grids else None
+    packed = x.new_empty(0, x.shape[1] + NUM_POSITION_CHANNELS) if channels is not None else None
     return Selection(
-        x.new_empty(0, x.shape[1]),
+        packed[:, : x.shape[1]] if packed is not None else x.new_empty(0, x.shape[1]),
         torch.empty(0, dtype=torch.long, device=dev),
         pos,
         torch.zeros(1, dtype=torch.long, device=dev),
+        packed,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .config import GPU_CONFIG, KernelConfig
 from .gather import _gather_kernel
 from .score import (
+    _gemv_blocks,
     _kbar_partial_kernel,
     _mean_finalize_kernel,
     _mean_partial_kernel,
@@ -14,7 +15,7 @@ from .score import (
 )
 from .topk_select import _select_kernel, _select_warps
 
-__all__ = ["KERNELS", "aligned_attrs", "compile_specs", "unspecialized_args"]
+__all__ = ["KERNELS", "aligned_attrs", "compile_specs", "gemv_buckets", "unspecialized_args"]
 
 KERNELS = {
     "mean_partial": _mean_partial_kernel,
@@ -34,7 +35,6 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
     X = f"*{dtype}"
     i64p, f32p = "*i64", "*fp32"
     nw = cfg.num_warps
-    gemv = {"BLOCK_H": cfg.gemv_block_h, "BLOCK_D": cfg.gemv_block_d}
     specs = {
         "mean_partial": (
             _mean_partial_kernel,
@@ -56,40 +56,6 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
             {"BLOCK_D": cfg.block_d},
             nw,
         ),
-        "kbar_partial": (
-            _kbar_partial_kernel,
-            {
-                "wk_ptr": X,
-                "xbar_ptr": f32p,
-                "part_ptr": f32p,
-                "H": "i32",
-                "D": "i32",
-                "stride_w": "i32",
-                "d_per_split": "i32",
-                "B": "i32",
-            },
-            gemv,
-            nw,
-        ),
-        "u_partial": (
-            _u_partial_kernel,
-            {
-                "wq_ptr": X,
-                "bq_ptr": X,
-                "bk_ptr": X,
-                "kpart_ptr": f32p,
-                "upart_ptr": f32p,
-                "cpart_ptr": f32p,
-                "H": "i32",
-                "D": "i32",
-                "stride_w": "i32",
-                "h_per_split": "i32",
-                "B": "i32",
-                "n_ksplits": "i32",
-            },
-            gemv,
-            nw,
-        ),
         "score_partial": (
             _score_partial_kernel,
             {
@@ -106,6 +72,44 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
             nw,
         ),
     }
+    kbar_sig = {
+        "wk_ptr": X,
+        "xbar_ptr": f32p,
+        "part_ptr": f32p,
+        "H": "i32",
+        "D": "i32",
+        "stride_w": "i32",
+        "d_per_split": "i32",
+        "B": "i32",
+    }
+    u_sig = {
+        "wq_ptr": X,
+        "bq_ptr": X,
+        "bk_ptr": X,
+        "kpart_ptr": f32p,
+        "upart_ptr": f32p,
+        "cpart_ptr": f32p,
+        "H": "i32",
+        "D": "i32",
+        "stride_w": "i32",
+        "h_per_split": "i32",
+        "B": "i32",
+        "n_ksplits": "i32",
+    }
+    for images in gemv_buckets(cfg):  # one variant per image-block bucket (score._gemv_blocks)
+        block_b, kbar_step, u_step = _gemv_blocks(images, cfg)
+        specs[f"kbar_partial_b{block_b}"] = (
+            _kbar_partial_kernel,
+            kbar_sig,
+            {"BLOCK_B": block_b, "BLOCK_H": cfg.gemv_block_h, "BLOCK_D": kbar_step},
+            nw,
+        )
+        specs[f"u_partial_b{block_b}"] = (
+            _u_partial_kernel,
+            u_sig,
+            {"BLOCK_B": block_b, "BLOCK_H": u_step, "BLOCK_D": cfg.gemv_block_d},
+            nw,
+        )
     sel_sig = {
         "spart_ptr": f32p,
         "cpart_ptr": f32p,
@@ -134,19 +138,33 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
         "cuk_ptr": i64p,
         "idx_ptr": i64p,
         "grid_ptr": i64p,
+        "tcu_ptr": i64p,
+        "toff_ptr": i64p,
         "out_ptr": X,
         "pos_ptr": i64p,
         "D": "i32",
         "d_per_split": "i32",
     }
-    for has_pos, wide in ((True, False), (False, False), (True, True)):
-        specs[f"gather_{'pos' if has_pos else 'nopos'}{'_wide' if wide else ''}"] = (
+    for has_pos, channels, wide in ((True, False, False), (False, False, False), (True, False, True),
+                                    (True, True, False), (True, True, True)):
+        name = f"gather_{'pos' if has_pos else 'nopos'}{'_channels' if channels else ''}{'_wide' if wide else ''}"
+        specs[name] = (
             _gather_kernel,
             gather_sig,
-            {"HAS_POS": has_pos, "WIDE": wide, "BLOCK_R": cfg.gather_block_r, "BLOCK_D": cfg.gather_block_d},
+            {"HAS_POS": has_pos, "CHANNELS": channels, "WIDE": wide, "BLOCK_R": cfg.gather_block_r,
+             "BLOCK_D": cfg.gather_block_d},
             nw,
         )
     return specs
+
+
+def gemv_buckets(cfg: KernelConfig) -> list[int]:
+    """The image-block sizes of the two mat-vecs (1, 2, 4, ... ``gemv_block_b``): one kernel variant each."""
+    out, block_b = [], 1
+    while block_b <= cfg.gemv_block_b:
+        out.append(block_b)
+        block_b *= 2
+    return out
 
 
 def unspecialized_args(fn) -> frozenset[str]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
-from .common import Plan, host_segments_on, require_powers_of_two
+from .common import Plan, check_channels, host_segments_on, require_powers_of_two
+from .position_channels import PositionChannels, temporal_tables
 
 __all__ = ["GPU_CONFIG", "INTERPRET", "INTERPRETER_CONFIG", "KernelConfig", "get_config", "set_config"]
 
@@ -35,6 +37,10 @@ class KernelConfig:
     radix_bits: int  # digit width of the radix select (1, 2, 4 or 8)
     programs_per_sm: int  # split D / H until a pass has this many programs per SM; 0 never splits
     sm_count: int = 0  # SMs assumed when > 0 (tests: exercises the splits on CPU); 0 asks the CUDA device
+    # Most images per program of the two mat-vecs: a weight tile is read once for up to this many images instead of
+    # once per image. Programs take the next power of two >= B (up to this), so one image costs what it did alone;
+    # 8 keeps the pass memory-bound on an H100/H200 (8 fp32 FMAs per bf16 weight read).
+    gemv_block_b: int = 8
 
 
 # Interpreter: every program step costs milliseconds of Python, so use few, large blocks and never split.
@@ -81,7 +87,7 @@ def set_config(config: KernelConfig | None = None, **changes) -> KernelConfig:
     new = replace(base, **changes) if changes else base
     if new.radix_bits not in (1, 2, 4, 8):
         raise ValueError(f"radix_bits must be 1, 2, 4 or 8, got {new.radix_bits}")
-    require_powers_of_two(new, ("block_n", "block_d", "gemv_block_h", "gemv_block_d", "gather_block_r",
+    require_powers_of_two(new, ("block_n", "block_d", "gemv_block_b", "gemv_block_h", "gemv_block_d", "gather_block_r",
                                 "gather_block_d", "sel_one_chunk_max", "sel_block_max"))
     old = _CONFIG
     _CONFIG = new
@@ -128,11 +134,24 @@ def _split(units: int, base_programs: int, target: int) -> tuple[int, int]:
     return per, _cdiv(units, per)
 
 
-def _device_meta(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """cu_seqlens, cu_keep and host grids as int64 on ``device``, in one host-to-device copy, each 16-byte aligned."""
+class DeviceMeta(NamedTuple):
+    """The host sizes of one call on the device (int64, one host-to-device copy, each segment 16-byte aligned)."""
+
+    cu: torch.Tensor  # [B + 1] cumulative N_i
+    cuk: torch.Tensor  # [B + 1] cumulative K_i
+    grids: torch.Tensor | None  # [3 B] (t, h, w) per image, or None
+    t_cu: torch.Tensor | None  # [B + 1] cumulative frame counts (position channels only)
+    t_offsets: torch.Tensor | None  # [sum t_i] temporal M-RoPE offset of each frame (position channels only)
+
+
+def _device_meta(plan: Plan, device: torch.device, channels: PositionChannels | None = None) -> DeviceMeta:
+    """cu_seqlens, cu_keep, host grids and, for ``channels``, the per-frame temporal offsets on ``device``."""
     segments = [plan.cu_seqlens, plan.cu_keep]
     if plan.grids is not None:
         segments.append([v for g in plan.grids for v in g])
+    if channels is not None:
+        check_channels(plan, channels)
+        segments += list(temporal_tables(plan.grids, channels.factors_for(plan.num_images)))
     cu, cuk, *rest = host_segments_on(segments, device)
     if plan.grids is not None:
         grids = rest[0]
@@ -140,7 +159,9 @@ def _device_meta(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.
         grids = plan.grids_tensor.to(device=device, dtype=torch.long).contiguous().reshape(-1)
     else:
         grids = None
-    return cu, cuk, grids
+    if channels is not None:
+        return DeviceMeta(cu, cuk, grids, rest[1], rest[2])
+    return DeviceMeta(cu, cuk, grids, None, None)
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,29 @@ import warnings
 
 import torch
 
-from .common import Selection, check_scorer_weights, empty_selection, make_gather_plan, make_plan
+from .common import (
+    Selection,
+    check_channels,
+    check_gather_source,
+    check_scorer_weights,
+    empty_selection,
+    make_gather_plan,
+    make_plan,
+)
+from .position_channels import PositionChannels
 from .reference import gather_with_plan_ref, select_with_scores_ref
 
-__all__ = ["FORCE_TORCH_ENV", "STRICT_ENV", "Selection", "is_strict", "gather_selected", "reset_fallbacks", "resolve_backend", "select_tokens"]
+__all__ = [
+    "FORCE_TORCH_ENV",
+    "STRICT_ENV",
+    "PositionChannels",
+    "Selection",
+    "gather_selected",
+    "is_strict",
+    "reset_fallbacks",
+    "resolve_backend",
+    "select_tokens",
+]
 
 FORCE_TORCH_ENV = "VS_VLLM_FORCE_TORCH_SELECT"
 #: Strict mode: an automatic Triton call that fails raises instead of falling back to torch.
@@ -136,6 +155,9 @@ def select_tokens(
     k_bias: torch.Tensor,
     grids=None,
     backend: str | None = None,
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
 ) -> Selection:
     """VisionSelector hard selection of K_i tokens per image of a packed batch.
 
@@ -144,20 +166,27 @@ def select_tokens(
     keep_k:      K_i per image (list or int64 CPU tensor, or one int for every image); 1 <= K_i <= N_i.
     q_weight, k_weight: [H, D]; q_bias, k_bias: [H]  (the scorer's two linear maps, any float dtype).
     grids:       optional (t, h, w) per image (list, or [B, 3] int tensor) with t*h*w == N_i.
+    source:      optional [sum N_i, D_src] tensor holding the same tokens as ``x`` (any width, e.g. the full vision
+                 output when the scorer reads only its first D columns): the kept rows are gathered from it.
+    channels:    ``PositionChannels`` to get the engine's packed layout: ``Selection.packed`` [sum K_i, D_src + 6],
+                 each kept row followed by its position channels, written in the same pass (needs host ``grids``).
     Returns a ``Selection``: per image, the K_i highest-scoring rows (ties to the lowest index) in ascending order.
     """
     plan = make_plan(x, cu_seqlens, keep_k, grids)
     check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
+    source = check_gather_source(x, source)
+    check_channels(plan, channels)
     if plan.num_images == 0:
-        return empty_selection(x, plan)
+        return empty_selection(source, plan, channels)
+    out = {"source": None if source is x else source, "channels": channels}
 
     def run_torch():
-        return select_with_scores_ref(x, plan, q_weight, q_bias, k_weight, k_bias)[0]
+        return select_with_scores_ref(x, plan, q_weight, q_bias, k_weight, k_bias, **out)[0]
 
     def run_triton():
         from .select import select_with_scores_triton
 
-        return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias)[0]
+        return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias, **out)[0]
 
     return _run(x, backend, run_triton, run_torch, plan.num_images)
 
@@ -169,23 +198,27 @@ def gather_selected(
     cu_keep,
     grids=None,
     backend: str | None = None,
+    *,
+    channels: PositionChannels | None = None,
 ) -> Selection:
     """Gather kept rows given per-image local indices (the shared back end of every selection method).
 
     indices: [sum K_i] integer tensor, image after image, each 0 <= j < N_i (range-checked only for CPU tensors).
     cu_keep: [B + 1] cumulative K_i, a list or CPU tensor.  Rows come out in the order of ``indices``.
+    channels: as for :func:`select_tokens` (``Selection.packed``).
     """
     plan = make_gather_plan(x, cu_seqlens, indices, cu_keep, grids)
+    check_channels(plan, channels)
     if plan.num_images == 0:
-        return empty_selection(x, plan)
+        return empty_selection(x, plan, channels)
 
     def run_torch():
-        return gather_with_plan_ref(x, plan, indices)
+        return gather_with_plan_ref(x, plan, indices, channels=channels)
 
     def run_triton():
         from .select import gather_with_plan_triton
 
-        return gather_with_plan_triton(x, plan, indices)
+        return gather_with_plan_triton(x, plan, indices, channels=channels)
 
     return _run(x, backend, run_triton, run_torch, plan.num_images)
 
@@ -201,11 +234,15 @@ def select_tokens_mmr(
     lambdas,
     grids=None,
     backend: str | None = None,
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
 ) -> Selection:
     """VisionSelector scores + diversity by maximal marginal relevance: K_i tokens per image of a packed batch.
 
     Same arguments and result contract as :func:`select_tokens`, plus ``lambdas``: one float in [0, 1] for every
-    image or one per image (host floats; see :mod:`vs_vllm.selection.mmr`). Per image the K_i tokens are chosen
+    image or one per image (host floats; see :mod:`vs_vllm.selection.mmr`); ``source`` and ``channels`` as for
+    :func:`select_tokens`. Per image the K_i tokens are chosen
     greedily by ``lam * minmax(score) - (1 - lam) * max cosine similarity to the tokens already kept`` (ties to the
     lowest index) and come back in ascending order; ``lam == 1`` is exactly :func:`select_tokens`' top-K.
     Scores come from the same score pass as :func:`select_tokens`, rows and positions from the shared gather.
@@ -222,16 +259,19 @@ def select_tokens_mmr(
     plan = make_plan(x, cu_seqlens, keep_k, grids)
     check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
     lams = lambdas_for(lambdas, plan.num_images)
+    source = check_gather_source(x, source)
+    check_channels(plan, channels)
     if plan.num_images == 0:
-        return empty_selection(x, plan)
+        return empty_selection(source, plan, channels)
+    out = {"source": None if source is x else source, "channels": channels}
 
     def run_torch():
-        return select_mmr_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias, lams)[0]
+        return select_mmr_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias, lams, **out)[0]
 
     def run_triton():
         from .mmr_select import select_mmr_with_plan_triton
 
-        return select_mmr_with_plan_triton(x, plan, q_weight, q_bias, k_weight, k_bias, lams)[0]
+        return select_mmr_with_plan_triton(x, plan, q_weight, q_bias, k_weight, k_bias, lams, **out)[0]
 
     return _run(x, backend, run_triton, run_torch, plan.num_images)
 

@@ -16,6 +16,7 @@ import torch
 from vs_vllm.selection.mmr import mmr_select, validate_lambda
 
 from .common import Plan, Selection, check_scorer_weights, empty_selection, make_plan
+from .position_channels import PositionChannels
 from .reference import gather_with_plan_ref, scores_with_plan_ref
 
 __all__ = [
@@ -73,12 +74,18 @@ def select_mmr_with_plan_ref(
     k_weight: torch.Tensor,
     k_bias: torch.Tensor,
     lambdas: Sequence[float],
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
 ) -> tuple[Selection, torch.Tensor]:
-    """Scores, MMR and the shared gather for a validated plan; also returns the fp32 scores [sum N]."""
+    """Scores, MMR and the shared gather (``source`` and ``channels`` as for ``gather_with_plan_ref``) for a
+    validated plan; also returns the fp32 scores [sum N]."""
     if plan.num_images == 0:
-        return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
+        return (empty_selection(x if source is None else source, plan, channels),
+                torch.empty(0, dtype=torch.float32, device=x.device))
     scores = scores_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias)
-    return gather_with_plan_ref(x, plan, mmr_with_plan_ref(scores, x, plan, lambdas)), scores
+    indices = mmr_with_plan_ref(scores, x, plan, lambdas)
+    return gather_with_plan_ref(x, plan, indices, source=source, channels=channels), scores
 
 
 def select_tokens_mmr_ref(

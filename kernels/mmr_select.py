@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from .common import Plan, Selection, empty_selection, host_segments_on, make_plan, require_powers_of_two
+from .position_channels import PositionChannels
 from .config import INTERPRET, _row_major
 from .gather import gather_with_plan_triton
 from .mmr_reference import Lambdas, lambdas_for
@@ -409,21 +410,27 @@ def select_mmr_with_plan_triton(
     k_bias: torch.Tensor,
     lambdas: Sequence[float],
     config: MMRConfig | None = None,
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
 ) -> tuple[Selection, torch.Tensor]:
-    """Scores (the score pass of ``select.py``), MMR, then the shared gather; also returns the fp32 scores.
+    """Scores (the score pass of ``select.py``), MMR, then the shared gather (``source`` and ``channels`` as for
+    ``select_with_scores_triton``); also returns the fp32 scores.
 
     A batch whose every image is routed to the exact top-K is ``select_with_scores_triton`` itself. Otherwise the
     score pass runs with K = 1 per image (its top-1 select and B-row gather are negligible next to MMR's K·N·D).
     """
     if plan.num_images == 0:
-        return empty_selection(x, plan), _empty(0, dtype=torch.float32, device=x.device)
+        return (empty_selection(x if source is None else source, plan, channels),
+                _empty(0, dtype=torch.float32, device=x.device))
     _, mmr_imgs = mmr_routes(plan, lambdas)
     if not mmr_imgs:
-        return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias)
+        return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias, source=source,
+                                         channels=channels)
     score_plan = Plan(plan.cu_seqlens, tuple(range(plan.num_images + 1)), None, None)
     _, scores = select_with_scores_triton(x, score_plan, q_weight, q_bias, k_weight, k_bias)
     indices = mmr_with_plan_triton(scores, x, plan, lambdas, config)
-    return gather_with_plan_triton(x, plan, indices), scores
+    return gather_with_plan_triton(x, plan, indices, source=source, channels=channels), scores
 
 
 # --------------------------------------------------------------------------------------------------------------------

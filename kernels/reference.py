@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import torch
 
+from vs_vllm.selection.positions import scaled_temporal
 from vs_vllm.selection.scorer import importance_scores
 from vs_vllm.selection.topk import select_topk
 
-from .common import Plan, Selection, check_scorer_weights, empty_selection, host_ints_on, make_gather_plan, make_plan
+from .common import (
+    Plan,
+    Selection,
+    check_channels,
+    check_scorer_weights,
+    empty_selection,
+    host_ints_on,
+    make_gather_plan,
+    make_plan,
+)
+from .position_channels import PositionChannels, encode_position_channels
 
 __all__ = [
     "gather_selected_ref",
@@ -36,16 +47,41 @@ def _positions(plan: Plan, indices: torch.Tensor, device: torch.device) -> torch
     return torch.stack((j // (h * w), (j // w) % h, j % w), dim=1)
 
 
-def gather_with_plan_ref(x: torch.Tensor, plan: Plan, indices: torch.Tensor) -> Selection:
-    """Rows and (t, h, w) of the kept local ``indices`` (concatenated per image) for a validated plan."""
+def _packed(rows: torch.Tensor, positions: torch.Tensor, plan: Plan, channels: PositionChannels) -> torch.Tensor:
+    """rows followed by the position channels of (int(t * t_factor), h, w), image by image (``scaled_temporal``)."""
+    check_channels(plan, channels)
+    factors = channels.factors_for(plan.num_images)
+    cuk = plan.cu_keep
+    temporal = torch.cat([scaled_temporal(positions[cuk[b] : cuk[b + 1], :1], factors[b])
+                          for b in range(plan.num_images)])
+    coords = torch.cat([temporal, positions[:, 1:]], dim=1)
+    return torch.cat([rows, encode_position_channels(coords, rows.dtype)], dim=1)
+
+
+def gather_with_plan_ref(
+    x: torch.Tensor,
+    plan: Plan,
+    indices: torch.Tensor,
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
+) -> Selection:
+    """Rows and (t, h, w) of the kept local ``indices`` (concatenated per image) for a validated plan; rows come
+    from ``source`` when given, and with ``channels`` also in the packed layout (``Selection.packed``)."""
+    if plan.num_images == 0:
+        return empty_selection(x if source is None else source, plan, channels)
     dev = x.device
     indices = indices.to(device=dev, dtype=torch.long)
     starts = host_ints_on(plan.cu_seqlens[:-1], dev)
     keep = host_ints_on(plan.keep, dev)
     src = indices + torch.repeat_interleave(starts, keep, output_size=plan.total_keep)
-    rows = x.index_select(0, src)
+    rows = (x if source is None else source).index_select(0, src)
     cu_keep = host_ints_on(plan.cu_keep, dev)
-    return Selection(rows, indices, _positions(plan, indices, dev), cu_keep)
+    positions = _positions(plan, indices, dev)
+    if channels is None:
+        return Selection(rows, indices, positions, cu_keep)
+    packed = _packed(rows, positions, plan, channels)
+    return Selection(packed[:, : rows.shape[1]], indices, positions, cu_keep, packed)
 
 
 def scores_with_plan_ref(
@@ -64,15 +100,19 @@ def select_with_scores_ref(
     q_bias: torch.Tensor,
     k_weight: torch.Tensor,
     k_bias: torch.Tensor,
+    *,
+    source: torch.Tensor | None = None,
+    channels: PositionChannels | None = None,
 ) -> tuple[Selection, torch.Tensor]:
     """Reference selection for a validated plan; also returns the fp32 scores [sum N]."""
     if plan.num_images == 0:
-        return empty_selection(x, plan), torch.empty(0, dtype=torch.float32, device=x.device)
+        return (empty_selection(x if source is None else source, plan, channels),
+                torch.empty(0, dtype=torch.float32, device=x.device))
     scores = scores_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias)
     cs = plan.cu_seqlens
     picked = [select_topk(scores[cs[i] : cs[i + 1]], k) for i, k in enumerate(plan.keep)]
     indices = torch.cat(picked) if picked else torch.empty(0, dtype=torch.long, device=x.device)
-    return gather_with_plan_ref(x, plan, indices), scores
+    return gather_with_plan_ref(x, plan, indices, source=source, channels=channels), scores
 
 
 def select_tokens_ref(

@@ -3,10 +3,12 @@ select kernel (``topk_select.py``) sums. Every pass is deterministic (no atomics
 
 1. ``_mean_partial_kernel``   grid (row tiles, B, D blocks): column sums of a tile of rows, fp32 partials.
 2. ``_mean_finalize_kernel``  grid (D blocks, B): xbar_b = (sum of the tile partials, fixed order) / N_b.
-3. ``_kbar_partial_kernel``   grid (H blocks, B, D splits): partial W_k xbar over a slice of D (reads bf16 weights
-                              directly, fp32 accumulation: no fp32 copy of the weights per call).
-4. ``_u_partial_kernel``      grid (D blocks, B, H splits): kbar = sum(partials) + b_k for its H slice, then the
-                              partial u = W_q^T kbar and the partial c = b_q . kbar. torch sums the u partials.
+3. ``_kbar_partial_kernel``   grid (H blocks, image blocks, D splits): partial W_k xbar over a slice of D for a block
+                              of up to ``gemv_block_b`` images (a small GEMM: each weight tile is read once per image
+                              block, not once per image; bf16 weights read directly, fp32 accumulation).
+4. ``_u_partial_kernel``      grid (D blocks, image blocks, H splits): kbar = sum(partials) + b_k for its H slice, then
+                              the partial u = W_q^T kbar (per image block, as in 3) and the partial c = b_q . kbar.
+                              torch sums the u partials.
 5. ``_score_partial_kernel``  grid (row tiles, B, D splits): partial x_i . u_b over a slice of D.
 
 Addressing: the base of each tile is computed in int64 (row index cast to int64 before it is multiplied by the row
@@ -90,31 +92,35 @@ def _kbar_partial_kernel(
     stride_w,
     d_per_split,
     B,
+    BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """part[s, b, h] = sum over the s-th slice of D of W_k[h, d] * xbar[b, d]."""
+    """part[s, b, h] = sum over the s-th slice of D of W_k[h, d] * xbar[b, d] for a block of BLOCK_B images: each
+    weight tile is loaded once and multiplied into all of them ([BLOCK_B, BLOCK_H, BLOCK_D] products in registers,
+    fp32 FMAs as for one image: no padding to a tensor-core tile, no TF32)."""
     pid_h = tl.program_id(0)
-    b = tl.program_id(1)
+    pid_b = tl.program_id(1)
     s = tl.program_id(2)
     hs = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = hs < H
+    bs = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = bs < B
     d_lo = s * d_per_split
     d_hi = tl.minimum(D, d_lo + d_per_split)
     offs_d = tl.arange(0, BLOCK_D)
     w_tile = wk_ptr + (pid_h * BLOCK_H).to(tl.int64) * stride_w
     w_offs = (tl.arange(0, BLOCK_H) * stride_w)[:, None] + offs_d[None, :]
-    x_row = xbar_ptr + b.to(tl.int64) * D
-    acc = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
+    x_offs = (bs.to(tl.int64) * D)[:, None] + offs_d[None, :]
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     for d0 in range(d_lo, d_hi, BLOCK_D):
         d0 = tl.multiple_of(d0, BLOCK_D)
-        cols = d0 + offs_d
-        cmask = cols < d_hi
+        cmask = (d0 + offs_d) < d_hi
         w = tl.load(w_tile + d0 + w_offs, mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        xv = tl.load(x_row + cols, mask=cmask, other=0.0)
-        acc += w * xv[None, :]
-    dst = part_ptr + (s.to(tl.int64) * B + b) * H + hs
-    tl.store(dst, tl.sum(acc, axis=1), mask=hmask)
+        xv = tl.load(xbar_ptr + d0 + x_offs, mask=bmask[:, None] & cmask[None, :], other=0.0)
+        acc += tl.sum(xv[:, None, :] * w[None, :, :], axis=2)
+    dst = part_ptr + (s.to(tl.int64) * B + bs)[:, None] * H + hs[None, :]
+    tl.store(dst, acc, mask=bmask[:, None] & hmask[None, :])
 
 
 @triton.jit(do_not_specialize=["B", "n_ksplits"])
@@ -131,39 +137,56 @@ def _u_partial_kernel(
     h_per_split,
     B,
     n_ksplits,
+    BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """For the s-th slice of H: kbar = sum(kbar partials) + b_k, upart[s, b, :] = W_q[slice]^T kbar[slice],
-    cpart[s, b] = b_q[slice] . kbar[slice]."""
+    """For the s-th slice of H and a block of BLOCK_B images: kbar = sum(kbar partials) + b_k,
+    upart[s, b, :] = kbar[slice] W_q[slice] (each weight tile loaded once for all BLOCK_B images, as in
+    ``_kbar_partial_kernel``) and cpart[s, b] = b_q[slice] . kbar[slice]."""
     pid_d = tl.program_id(0)
-    b = tl.program_id(1)
+    pid_b = tl.program_id(1)
     s = tl.program_id(2)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
+    bs = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = bs < B
     h_lo = s * h_per_split
     h_hi = tl.minimum(H, h_lo + h_per_split)
     offs_h = tl.arange(0, BLOCK_H)
     w_offs = (offs_h * stride_w)[:, None] + cols[None, :]
     w_tile = wq_ptr + h_lo.to(tl.int64) * stride_w
-    acc = tl.zeros((BLOCK_H, BLOCK_D), dtype=tl.float32)
-    cacc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    k_rows = (bs.to(tl.int64) * H)[:, None]
+    acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+    cacc = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for h0 in range(h_lo, h_hi, BLOCK_H):
         hs = h0 + offs_h
         hmask = hs < h_hi
-        kb = tl.zeros((BLOCK_H,), dtype=tl.float32)
-        kp = kpart_ptr + b.to(tl.int64) * H + hs
+        kmask = bmask[:, None] & hmask[None, :]
+        kb = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        kp = kpart_ptr + k_rows + hs[None, :]
         for _sk in range(n_ksplits):
-            kb += tl.load(kp, mask=hmask, other=0.0)
+            kb += tl.load(kp, mask=kmask, other=0.0)
             kp += B * H
-        kb += tl.load(bk_ptr + hs, mask=hmask, other=0.0).to(tl.float32)
+        kb += tl.load(bk_ptr + hs, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        kb = tl.where(kmask, kb, 0.0)
         w = tl.load(w_tile + w_offs, mask=hmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         w_tile += BLOCK_H * stride_w
-        acc += w * kb[:, None]
-        cacc += kb * tl.load(bq_ptr + hs, mask=hmask, other=0.0).to(tl.float32)
-    tl.store(upart_ptr + (s.to(tl.int64) * B + b) * D + cols, tl.sum(acc, axis=0), mask=cmask)
+        acc += tl.sum(kb[:, :, None] * w[None, :, :], axis=1)
+        cacc += tl.sum(kb * tl.load(bq_ptr + hs, mask=hmask, other=0.0).to(tl.float32)[None, :], axis=1)
+    tl.store(upart_ptr + (s.to(tl.int64) * B + bs)[:, None] * D + cols[None, :], acc,
+             mask=bmask[:, None] & cmask[None, :])
     if pid_d == 0:
-        tl.store(cpart_ptr + s * B + b, tl.sum(cacc, axis=0))
+        tl.store(cpart_ptr + s * B + bs, cacc, mask=bmask)
+
+
+def _gemv_blocks(num_images: int, cfg: KernelConfig) -> tuple[int, int, int]:
+    """(BLOCK_B, D step of the kbar pass, H step of the u pass): images per program from the buckets 1, 2, 4, ...
+    ``gemv_block_b``, and the reduced dimension's step shrunk by the same factor, so that the product tile of a
+    program stays gemv_block_h x gemv_block_d elements whatever the bucket (registers, as for one image)."""
+    block_b = min(cfg.gemv_block_b, triton.next_power_of_2(max(num_images, 1)))
+    kbar_step = min(cfg.gemv_block_d, max(cfg.gemv_block_d // block_b, 16))  # divides every D slice
+    return block_b, kbar_step, max(cfg.gemv_block_h // block_b, 1)
 
 
 @triton.jit(do_not_specialize=["total"])
@@ -248,12 +271,14 @@ def _launch_scores(
     xbar = empty_buffer((B, D), dtype=f32, device=dev)
     _mean_finalize_kernel[(d_blocks, B)](part_mean, cu, xbar, D, n_tiles, BLOCK_D=cfg.block_d, num_warps=warps)
 
-    # 3. kbar partials over slices of D
+    # 3. kbar partials over slices of D, BLOCK_B images per program (the weights are read once per image block)
     h_blocks = _cdiv(H, cfg.gemv_block_h)
     gd_blocks = _cdiv(D, cfg.gemv_block_d)
-    per_d, n_ks = _split(gd_blocks, h_blocks * B, target)
+    block_b, kbar_step, u_step = _gemv_blocks(B, cfg)
+    b_blocks = _cdiv(B, block_b)
+    per_d, n_ks = _split(gd_blocks, h_blocks * b_blocks, target)
     part_k = empty_buffer((n_ks, B, H), dtype=f32, device=dev)
-    _kbar_partial_kernel[(h_blocks, B, n_ks)](
+    _kbar_partial_kernel[(h_blocks, b_blocks, n_ks)](
         wk,
         xbar,
         part_k,
@@ -262,16 +287,17 @@ def _launch_scores(
         wk.stride(0),
         per_d * cfg.gemv_block_d,
         B,
+        BLOCK_B=block_b,
         BLOCK_H=cfg.gemv_block_h,
-        BLOCK_D=cfg.gemv_block_d,
+        BLOCK_D=kbar_step,
         num_warps=warps,
     )
 
     # 4. u = W_q^T kbar and c = b_q . kbar, partial over slices of H
-    per_h, n_us = _split(h_blocks, gd_blocks * B, target)
+    per_h, n_us = _split(h_blocks, gd_blocks * b_blocks, target)
     part_u = empty_buffer((n_us, B, D), dtype=f32, device=dev)
     part_c = empty_buffer((n_us, B), dtype=f32, device=dev)
-    _u_partial_kernel[(gd_blocks, B, n_us)](
+    _u_partial_kernel[(gd_blocks, b_blocks, n_us)](
         wq,
         bq,
         bk,
@@ -284,7 +310,8 @@ def _launch_scores(
         per_h * cfg.gemv_block_h,
         B,
         n_ks,
-        BLOCK_H=cfg.gemv_block_h,
+        BLOCK_B=block_b,
+        BLOCK_H=u_step,
         BLOCK_D=cfg.gemv_block_d,
         num_warps=warps,
     )

@@ -200,7 +200,8 @@ def topk_segments_triton(scores: torch.Tensor, plan: Plan, config: KernelConfig 
     cfg = config if config is not None else get_config()
     dev = scores.device
     scores = scores.to(torch.float32).contiguous()
-    cu, cuk, _ = _device_meta(plan, dev)
+    meta = _device_meta(plan, dev)
+    cu, cuk = meta.cu, meta.cuk
     zeros = torch.zeros((plan.num_images,), dtype=torch.float32, device=dev)
     _, indices = _launch_select(scores, zeros, cu, cuk, scores.shape[0], 1, 1, 1.0, plan, cfg)
     return indices

@@ -2,11 +2,13 @@
 
 The kernels' per-request counts are ``do_not_specialize`` (``score.py``, ``topk_select.py``), so what still picks
 a variant is the model (D, H, strides, dtypes: fixed) and the block buckets of the host code: the select kernel's
-BLOCK by the largest image (``_select_params``: 256, 512, ... ``sel_one_chunk_max`` register-resident, then chunked)
-and the gather's 64-bit path for images past 2**31 elements. :func:`warmup_sizes` is one image size per bucket up
+BLOCK by the largest image (``_select_params``: 256, 512, ... ``sel_one_chunk_max`` register-resident, then chunked),
+the gather's 64-bit path for images past 2**31 elements, and the scorer mat-vecs' images per program by the batch
+size (``score._gemv_blocks``: 1, 2, 4, ... ``gemv_block_b``). :func:`warmup_sizes` is one image size per bucket up
 to the largest image the server admits; :func:`warm_up_selection` runs the serving calls once per size (the
-VisionSelector chain with positions, the gather of the other methods, and the MMR kernels when they are switched
-on), through the same dispatch as serving, and returns what it ran and how long it took.
+VisionSelector chain and the gather of the other methods, both writing the engine's packed layout with position
+channels, and the MMR kernels when they are switched on), through the same dispatch as serving, and returns what it
+ran and how long it took.
 tests/kernels/test_kernels_no_recompile.py checks that a sweep of request shapes hits no variant outside this set.
 """
 
@@ -68,7 +70,10 @@ def warm_up_selection(
     multiples of 16 (the JIT's only distinction between them). ``backend``: as for the calls themselves (None:
     automatic, i.e. nothing to do off CUDA; tests pass "triton" to run the interpreter).
     """
+    from .compile_specs import gemv_buckets
+    from .config import get_config
     from .dispatch import gather_selected, resolve_backend, select_tokens, select_tokens_mmr
+    from .position_channels import PositionChannels
 
     device = torch.device(device)
     probe = torch.empty(0, dtype=dtype, device=device)
@@ -82,11 +87,18 @@ def warm_up_selection(
         x = torch.randn((n, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
         keep = max(1, n // 4)
         grids = [(1, 1, n)]
-        select_tokens(x, [0, n], [keep], *scorer_weights, grids=grids, backend=backend)
+        channels = PositionChannels()
+        select_tokens(x, [0, n], [keep], *scorer_weights, grids=grids, backend=backend, channels=channels)
         # the other methods' shared back end (indices from the host-side selection methods)
-        gather_selected(x, [0, n], torch.arange(keep, device=device), [0, keep], grids=grids, backend=backend)
+        gather_selected(x, [0, n], torch.arange(keep, device=device), [0, keep], grids=grids, backend=backend,
+                        channels=channels)
         if mmr:
-            select_tokens_mmr(x, [0, n], [keep], *scorer_weights, [0.5], grids=grids, backend=backend)
+            select_tokens_mmr(x, [0, n], [keep], *scorer_weights, [0.5], grids=grids, backend=backend,
+                              channels=channels)
+    for images in gemv_buckets(get_config())[1:]:  # batches of several images: the mat-vecs' image-block variants
+        x = torch.randn((images, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
+        select_tokens(x, list(range(images + 1)), [1] * images, *scorer_weights, grids=[(1, 1, 1)] * images,
+                      backend=backend, channels=PositionChannels())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return WarmUp(resolved, sizes, time.perf_counter() - t0)

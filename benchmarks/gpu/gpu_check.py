@@ -790,6 +790,12 @@ def _table(header: list, rows: list) -> list[str]:
     return out
 
 
+def _pct(part, whole) -> str:
+    """100 * part / whole with one decimal, or "-" when either is missing."""
+    a, b = _num(part), _num(whole)
+    return "-" if a is None or not b else f"{100 * a / b:.1f}"
+
+
 def render_summary(check: GpuCheck, goals: list, final: bool) -> str:
     info, data = check.info, check.data
     gpu = info.get("gpu_name") or ("CPU (dry run)" if check.dry else "no CUDA device")
@@ -841,9 +847,23 @@ def render_summary(check: GpuCheck, goals: list, final: bool) -> str:
                          + [r.get(c) or "-" for c in ("triton_graph_ms", "torch_graph_ms", "speedup_graph",
                                                       "copy_same_bytes_graph_ms", "pct_of_copy_same_bytes_graph",
                                                       "pct_of_copy_bw_graph", "graph_same_idx")] for r in sel])
+        if any(r.get("serving_fused_ms") for r in sel):
+            lines += ["", "Serving chain (what `embed_multimodal` returns: kept rows + position channels): `unfused` = "
+                      "`select_tokens`, then the channels encoded and concatenated in torch (before the fusion); "
+                      "`fused` = `select_tokens(..., channels=PositionChannels())`, one gather into the final buffer. "
+                      "`% copy (fused, graph)` = copy of the same bytes / fused graph time. `same`: bit-identical.",
+                      ""]
+            lines += _table(["B", "N", "D", "r", "unfused ms", "fused ms", "fusion speedup", "unfused graph ms",
+                             "fused graph ms", "fusion speedup (graph)", "% copy (fused, graph)", "same"],
+                            [[r["images"], r["n"], r["d"], r["r"]]
+                             + [r.get(c) or "-" for c in ("serving_unfused_ms", "serving_fused_ms", "fusion_speedup",
+                                                          "serving_unfused_graph_ms", "serving_fused_graph_ms",
+                                                          "fusion_speedup_graph")]
+                             + [_pct(r.get("copy_same_bytes_graph_ms"), r.get("serving_fused_graph_ms")),
+                                r.get("serving_same", "-")] for r in sel])
         notes = sorted({f"{label}: {r[c]}" for r in sel for label, c in (
             ("Triton graph", "triton_graph_note"), ("torch graph", "torch_graph_note"),
-            ("copy graph", "copy_graph_note")) if r.get(c)})
+            ("copy graph", "copy_graph_note"), ("serving graph", "serving_graph_note")) if r.get(c)})
         if notes:
             lines += ["", "Graph notes:", ""] + [f"- {n.replace('|', '/')}" for n in notes[:12]] + (
                 [f"- ... {len(notes) - 12} more in the CSV"] if len(notes) > 12 else [])
@@ -1120,7 +1140,10 @@ def child_bench_select(mode: str, out: Path) -> int:
             # GPU time, CUDA-graph replay (empty when not measured; the notes say why)
             "triton_graph_ms", "torch_graph_ms", "speedup_graph", "effective_gbps_graph", "copy_same_bytes_graph_ms",
             "pct_of_copy_same_bytes_graph", "pct_of_copy_bw_graph", "graph_same_idx", "triton_graph_note",
-            "torch_graph_note", "copy_graph_note"]
+            "torch_graph_note", "copy_graph_note",
+            # the serving chain (rows + position channels) before and after the fusion
+            "serving_unfused_ms", "serving_fused_ms", "fusion_speedup", "serving_unfused_graph_ms",
+            "serving_fused_graph_ms", "fusion_speedup_graph", "serving_same", "serving_graph_note"]
     with open(out / "select_copy.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         wr.writeheader()

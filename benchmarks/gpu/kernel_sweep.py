@@ -200,6 +200,25 @@ class Sweep:
         ref = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="torch")
         return {"same_indices": bool(torch.equal(sel.indices.cpu(), ref.indices.cpu()))}
 
+    # -- the serving call: scores on the first D columns, whole rows + position channels into the packed layout ------
+    def check_packed(self, source, d, cu, keep, w, grids, factors):
+        import kernel_testlib as tl
+
+        torch, K = self.torch, self.K
+        from vs_vllm.kernels.common import make_plan
+        from vs_vllm.kernels.position_channels import NUM_POSITION_CHANNELS, PositionChannels
+        from vs_vllm.kernels.reference import gather_with_plan_ref
+
+        x, channels = source[:, :d], PositionChannels(tuple(factors))
+        out = self.check_select(x, cu, keep, w, grids)  # scores and indices by the select rules
+        sel = K.select_tokens(x, cu, keep, *w, grids=grids, source=source, channels=channels)  # automatic
+        expect = gather_with_plan_ref(x, make_plan(x, cu, keep, grids), sel.indices, source=source,
+                                      channels=channels)
+        assert sel.packed.shape == (sum(keep), source.shape[1] + NUM_POSITION_CHANNELS), tuple(sel.packed.shape)
+        assert torch.equal(tl.bits(sel.packed.cpu()), tl.bits(expect.packed.cpu())), \
+            "packed rows + channels differ from the torch reference of the kernel's indices"
+        return out
+
     def run(self) -> None:
         import kernel_testlib as tl
 
@@ -232,6 +251,15 @@ class Sweep:
             assert x.stride(0) == d + 11
             self.case("select_strided", dtype, d, lengths, keep, "auto",
                       lambda x=x, cu=cu, w=w: self.check_select(x, cu, keep, w, None))
+            # the serving call: rows 2 D wide (DeepStack-like) scored on their first D columns, gathered whole into
+            # the packed layout with position channels (videos' temporal factors included)
+            x, cu, w = tl.make_problem(lengths, 2 * d, dtype, seed=997 + d)
+            source, w = x.to(self.device), tuple(t[:, :d] if t.dim() == 2 else t for t in w)
+            w = tuple(t.contiguous().to(self.device) for t in w)
+            factors = [(1.0, 2.0, 0.5)[i % 3] for i in range(len(lengths))]
+            self.case("select_packed", dtype, d, lengths, keep, "auto",
+                      lambda source=source, cu=cu, w=w, d=d, factors=factors:
+                      self.check_packed(source, d, cu, keep, w, grids, factors))
 
 
 def main(argv=None) -> int:

@@ -30,6 +30,14 @@ CSV columns added by the graph measurement (empty when not measured; the ``*_not
 - ``triton_graph_note`` / ``torch_graph_note``: empty when captured with the default ``capture_error_mode``
   ("global"); otherwise why the capture failed or which fallback mode ("relaxed") was used.
 
+The serving chain (what ``embed_multimodal`` hands to vLLM: kept rows followed by their position channels), per case:
+
+- ``serving_unfused_ms``: the composition vs-vllm served before the fusion: ``select_tokens`` (rows + int64
+  positions), then the channels encoded and concatenated in torch (gather -> copy -> concat);
+- ``serving_fused_ms``: ``select_tokens(..., channels=PositionChannels())``: the gather writes rows and channels
+  straight into the final buffer; ``fusion_speedup`` = unfused / fused; ``*_graph_ms`` / ``fusion_speedup_graph``:
+  the same from CUDA-graph replays (``serving_same``: the fused buffer equals the unfused one, bit for bit).
+
 The graph pass runs after every eager measurement of the run, so the eager columns are measured as without it (only
 their inputs stay allocated until then). A failed capture never stops the benchmark: the reason is recorded, the CUDA
 state is synchronised, the next capture uses a fresh graph and stream, and a call that failed in every mode is not
@@ -263,6 +271,10 @@ def main(argv=None) -> int:
                     sel = kernels.select_tokens(*args_sel, grids=grids, backend="triton")
                     t_tri = bench(partial(kernels.select_tokens, *args_sel, grids=grids, backend="triton"))
                     t_ref = bench(partial(kernels.select_tokens, *args_sel, grids=grids, backend="torch"))
+                    serving = serving_calls(kernels, torch, args_sel, grids or [(1, 1, n)] * images)
+                    t_unfused, t_fused = bench(serving["unfused"]), bench(serving["fused"])
+                    serving_same = bool(torch.equal(serving["unfused"]().view(torch.int16),
+                                                    serving["fused"]().view(torch.int16)))
                     args_gather = (x, cu, sel.indices, sel.cu_keep.tolist(), grids)
                     t_gtri = bench(partial(kernels.gather_selected, *args_gather, backend="triton"))
                     t_gref = bench(partial(kernels.gather_selected, *args_gather, backend="torch"))
@@ -293,13 +305,18 @@ def main(argv=None) -> int:
                         "same_indices": same_idx,
                         "same_rows": same_rows,
                         "max_score_err": max_err,
+                        "serving_unfused_ms": round(t_unfused, 4),
+                        "serving_fused_ms": round(t_fused, 4),
+                        "fusion_speedup": round(t_unfused / t_fused, 2),
+                        "serving_same": serving_same,
                     }
                     # graph columns filled in by the second pass below
                     row.update(graph_columns(None, torch, None, None, None, None, 0, bw_copy,
                                              skip="skipped (--no-graph)" if args.no_graph else "not measured (yet)"))
+                    row.update(serving_graph_columns(None, None))
                     rows.append(row)
                     if not args.no_graph:
-                        pending.append((row, args_sel, grids, sel, x_bytes + kept_bytes))
+                        pending.append((row, args_sel, grids, sel, x_bytes + kept_bytes, serving))
                     sel = None
                     print(
                         f"B={images} N={n:5d} D={d} r={r:.1f} K={k:5d}  triton {t_tri:8.4f} ms  torch {t_ref:8.4f} ms"
@@ -315,9 +332,10 @@ def main(argv=None) -> int:
     # capture leaves behind (graph memory pools, pinned host blocks, a failed capture) can touch the eager columns.
     if pending:
         print("GPU time: the same calls captured in CUDA graphs, graph.replay() timed", flush=True)
-    for row, args_sel, grids, sel, moved in pending:
+    for row, args_sel, grids, sel, moved, serving in pending:
         try:
             row.update(graph_columns(kernels, torch, timer, args_sel, grids, sel, moved, bw_copy))
+            row.update(serving_graph_columns(timer, serving))
         except Exception as exc:  # graph_columns does not raise; this only guards the eager rows already measured
             row.update(triton_graph_note=f"graph pass failed: {reason(exc)}", torch_graph_note="")
         print(
@@ -329,7 +347,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         write_results(csv_path, md_path, rows, header)
-    pending = args_sel = sel = None
+    pending = args_sel = sel = serving = None
     torch.cuda.empty_cache()
 
     write_results(csv_path, md_path, rows, header)
@@ -388,6 +406,38 @@ def graph_columns(kernels, torch, timer, args_sel, grids, sel, moved_bytes: int,
         out["torch_graph_ms"] = round(t_ref, 4)
         if t_tri is not None:
             out["speedup_graph"] = round(t_ref / t_tri, 2)
+    return out
+
+
+def serving_calls(kernels, torch, args_sel, grids) -> dict:
+    """The serving chain before and after the fusion (see the module docstring), as zero-argument calls."""
+    from vs_vllm.kernels.position_channels import PositionChannels, encode_position_channels
+
+    def unfused():
+        sel = kernels.select_tokens(*args_sel, grids=grids, backend="triton")
+        return torch.cat([sel.rows, encode_position_channels(sel.positions, sel.rows.dtype)], dim=1)
+
+    def fused():
+        return kernels.select_tokens(*args_sel, grids=grids, backend="triton", channels=PositionChannels()).packed
+
+    return {"unfused": unfused, "fused": fused}
+
+
+def serving_graph_columns(timer, serving) -> dict:
+    """GPU time of both serving chains from CUDA-graph replays (empty without a timer). Never raises."""
+    out = {"serving_unfused_graph_ms": None, "serving_fused_graph_ms": None, "fusion_speedup_graph": None,
+           "serving_graph_note": ""}
+    if timer is None:
+        return out
+    notes = []
+    for name in ("unfused", "fused"):
+        ms, _, note = timer.measure(serving[name], f"serving_{name}")
+        out[f"serving_{name}_graph_ms"] = round(ms, 4) if ms is not None else None
+        if note:
+            notes.append(f"{name}: {note}")
+    if out["serving_unfused_graph_ms"] and out["serving_fused_graph_ms"]:
+        out["fusion_speedup_graph"] = round(out["serving_unfused_graph_ms"] / out["serving_fused_graph_ms"], 2)
+    out["serving_graph_note"] = "; ".join(notes)
     return out
 
 
@@ -457,8 +507,26 @@ def write_results(csv_path: Path, md_path: Path, rows: list, header: dict) -> No
             f"{_fmt(r['triton_graph_ms'])} | {_fmt(r['torch_graph_ms'])} | {_fmt(r['speedup_graph'], 2)} | "
             f"{_fmt(r['pct_of_copy_bw_graph'], 1)} | {'-' if r['graph_same_idx'] is None else r['graph_same_idx']} |"
         )
+    lines += [
+        "",
+        "Serving chain (rows + position channels, what `embed_multimodal` returns): `unfused` = `select_tokens`, "
+        "then channels encoded and concatenated in torch (the path before the fusion); `fused` = "
+        "`select_tokens(..., channels=PositionChannels())`, one gather into the final buffer. `same`: bit-identical.",
+        "",
+        "| images | N | D | r | unfused ms | fused ms | fusion speedup | unfused graph ms | fused graph ms "
+        "| fusion speedup (graph) | same |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['images']} | {r['n']} | {r['d']} | {r['r']} | {r['serving_unfused_ms']:.4f} | "
+            f"{r['serving_fused_ms']:.4f} | {r['fusion_speedup']:.2f} | {_fmt(r['serving_unfused_graph_ms'])} | "
+            f"{_fmt(r['serving_fused_graph_ms'])} | {_fmt(r['fusion_speedup_graph'], 2)} | {r['serving_same']} |"
+        )
     notes = sorted({f"{which}: {r[col]}" for r in rows for which, col in (("Triton", "triton_graph_note"),
-                                                                          ("torch", "torch_graph_note")) if r[col]})
+                                                                          ("torch", "torch_graph_note"),
+                                                                          ("serving", "serving_graph_note"))
+                    if r[col]})
     if notes:
         lines += ["", "Graph capture notes:", ""] + [f"- {n}" for n in notes[:20]]
     md_path.write_text("\n".join(lines) + "\n")

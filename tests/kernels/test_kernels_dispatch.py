@@ -37,8 +37,8 @@ def problem(dtype=torch.float32, seed=0):
 
 
 def test_public_exports():
-    assert set(K.__all__) >= {"select_tokens", "gather_selected", "Selection"}
-    assert K.Selection._fields == ("rows", "indices", "positions", "cu_keep")
+    assert set(K.__all__) >= {"select_tokens", "gather_selected", "Selection", "PositionChannels"}
+    assert K.Selection._fields == ("rows", "indices", "positions", "cu_keep", "packed")
 
 
 def test_cpu_without_interpreter_uses_torch_and_never_imports_triton():

@@ -9,12 +9,13 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")
 
 from kernel_testlib import bits, factor_grid, poisoned_buffers
-from vs_vllm.kernels import gather_selected
+from vs_vllm.kernels import PositionChannels, gather_selected
 from vs_vllm.kernels import config as kconfig
 from vs_vllm.kernels import gather as kgather
 from vs_vllm.kernels import select as ksel
 from vs_vllm.kernels.common import make_gather_plan
-from vs_vllm.kernels.reference import gather_selected_ref
+from vs_vllm.kernels.position_channels import NUM_POSITION_CHANNELS, decode_position_channels
+from vs_vllm.kernels.reference import gather_selected_ref, gather_with_plan_ref
 
 if not torch.cuda.is_available() and not ksel.INTERPRET:
     pytest.skip("no CUDA device and TRITON_INTERPRET was not set before triton was imported", allow_module_level=True)
@@ -109,3 +110,88 @@ def test_gather_validation():
         gather_selected(x, [0, 2, 10], torch.tensor([0, 1, 1]), [0, 3, 3])
     with pytest.raises(ValueError, match="grid"):
         gather_selected(x, [0, 6, 10], torch.tensor([0, 1]), [0, 1, 2], grids=[(1, 2, 3), (1, 2, 3)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine's packed layout: rows + position channels written by the gather itself
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def expected_channels(idx, cuk, grids, factors):
+    """(int(t * factor), h, w) per kept index, in plain Python (float64 products, truncation), independent of both
+    implementations."""
+    out = []
+    for b, (_, h_n, w_n) in enumerate(grids):
+        for j in idx[cuk[b] : cuk[b + 1]].tolist():
+            t, h, w = j // (h_n * w_n), (j // w_n) % h_n, j % w_n
+            out.append((int(t * factors[b]), h, w))
+    return torch.tensor(out, dtype=torch.long).reshape(-1, 3)
+
+
+def compare_packed(x, cu, idx, cuk, grids, factors, config=None):
+    x_dev, idx_dev = x.to(DEVICE), idx.to(DEVICE)
+    plan = make_gather_plan(x_dev, cu, idx_dev, cuk, grids)
+    channels = PositionChannels(tuple(factors))
+    with poisoned_buffers(kconfig):
+        got = ksel.gather_with_plan_triton(x_dev, plan, idx_dev, config=config, channels=channels)
+    ref = gather_with_plan_ref(x, make_gather_plan(x, cu, idx, cuk, grids), idx, channels=channels)
+    d = x.shape[1]
+    assert got.packed.shape == (cuk[-1], d + NUM_POSITION_CHANNELS) and got.packed.dtype == x.dtype
+    assert got.packed.is_contiguous() and got.rows.data_ptr() == got.packed.data_ptr()
+    assert torch.equal(bits(got.packed.cpu()), bits(ref.packed))
+    assert torch.equal(bits(got.rows.cpu()), bits(x[idx + torch.repeat_interleave(torch.tensor(cu[:-1]),
+                                                                                   torch.tensor(cuk).diff())]))
+    assert torch.equal(got.positions.cpu(), ref.positions)
+    assert torch.equal(decode_position_channels(got.packed[:, d:].cpu()), expected_channels(idx, cuk, grids, factors))
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [33, 257])
+def test_gather_into_packed_layout(d, dtype):
+    """Videos with non-integer temporal factors (the M-RoPE offset int(t * f)), images, an image keeping nothing."""
+    lengths, keep = [577, 60, 7, 300], [115, 59, 0, 300]
+    grids = [(1, 577, 1), (5, 3, 4), (1, 1, 7), (4, 5, 15)]
+    x, cu, idx, cuk = random_case(lengths, keep, d, dtype, seed=d + 1)
+    compare_packed(x, cu, idx, cuk, grids, [1.0, 2.5, 1.0, 1.0 / 3.0])
+
+
+def test_packed_layout_coordinates_past_one_channel():
+    """Coordinates >= 256 need both channels of a pair: h up to 299, w up to 260, t offsets up to 4 * 97.3."""
+    lengths, keep = [600, 520, 5], [200, 519, 5]
+    grids = [(1, 300, 2), (2, 1, 260), (5, 1, 1)]
+    x, cu, idx, cuk = random_case(lengths, keep, 40, torch.bfloat16, seed=13)
+    got = compare_packed(x, cu, idx, cuk, grids, [1.0, 1.0, 97.3])
+    assert float(got.packed[:, -NUM_POSITION_CHANNELS:].max()) == 255.0
+
+
+def test_packed_layout_small_tiles_and_wide_offsets(monkeypatch):
+    """GPU-sized tiles with D splits (channels written once, by the first D slice), and the 64-bit offset variant."""
+    cfg = ksel.KernelConfig(**{**ksel.GPU_CONFIG.__dict__, "gather_block_r": 16, "gather_block_d": 32, "sm_count": 4})
+    lengths, keep = [300, 41], [77, 40]
+    grids = [(3, 10, 10), (1, 41, 1)]
+    x, cu, idx, cuk = random_case(lengths, keep, 100, torch.bfloat16, seed=15)
+    compare_packed(x, cu, idx, cuk, grids, [0.5, 1.0], config=cfg)
+    monkeypatch.setattr(kgather, "_WIDE_LIMIT", 0)
+    compare_packed(x, cu, idx, cuk, grids, [0.5, 1.0], config=cfg)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_packed_layout_validation(backend):
+    x = torch.randn(12, 4).to(DEVICE)
+    idx = torch.tensor([0, 1]).to(DEVICE)
+    with pytest.raises(ValueError, match="grids"):
+        gather_selected(x, [0, 6, 12], idx, [0, 1, 2], backend=backend, channels=PositionChannels())
+    with pytest.raises(ValueError, match="t_factors has 1 entries for 2 images"):
+        gather_selected(x, [0, 6, 12], idx, [0, 1, 2], [(1, 2, 3), (2, 3, 1)], backend=backend,
+                        channels=PositionChannels((1.0,)))
+    with pytest.raises(ValueError, match="t_factors must be finite"):
+        gather_selected(x, [0, 6, 12], idx, [0, 1, 2], [(1, 2, 3), (2, 3, 1)], backend=backend,
+                        channels=PositionChannels((1.0, -2.0)))
+    with pytest.raises(ValueError, match="too large for the position channels"):
+        gather_selected(x, [0, 6, 12], idx, [0, 1, 2], [(1, 2, 3), (2, 3, 1)], backend=backend,
+                        channels=PositionChannels((1.0, 70000.0)))
+    with pytest.raises(ValueError, match="PositionChannels"):
+        gather_selected(x, [0, 6, 12], idx, [0, 1, 2], [(1, 2, 3), (2, 3, 1)], backend=backend, channels=(1.0,))
+    empty = gather_selected(x[:0], [0], idx[:0], [0], [], backend=backend, channels=PositionChannels())
+    assert empty.packed.shape == (0, 4 + NUM_POSITION_CHANNELS)

@@ -290,6 +290,27 @@ def test_select_tokens_mmr_triton_vs_torch(dtype):
     assert torch.equal(sel.cu_keep.cpu(), torch.tensor(plan.cu_keep))
 
 
+@pytest.mark.parametrize("all_top_k", [False, True])
+def test_select_tokens_mmr_into_packed_layout_from_wider_source(all_top_k):
+    """The engine's call: scores on the first D columns, rows gathered whole from the wider source, position
+    channels written by the gather; also when every image is routed to the top-K kernel (lam == 1)."""
+    lengths, keep = [130, 57], [20, 56]
+    lams = [1.0, 1.0] if all_top_k else [0.5, 0.2]
+    x, cu, w = make_problem(lengths, 48, torch.bfloat16, seed=41, strided=True)
+    source = x.as_strided((x.shape[0], x.stride(0)), (x.stride(0), 1)).to(DEVICE)
+    x, w = source[:, :48], tuple(t.to(DEVICE) for t in w)
+    grids, channels = [(2, 5, 13), (3, 19, 1)], K.PositionChannels((1.0, 2.5))
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
+        sel = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="triton", source=source,
+                                  channels=channels)
+    ref = K.select_tokens_mmr(x, cu, keep, *w, lams, grids=grids, backend="torch", source=source, channels=channels)
+    assert torch.equal(sel.indices.cpu(), ref.indices.cpu())
+    expect = gather_with_plan_ref(x, make_plan(x, cu, keep, grids), sel.indices, source=source, channels=channels)
+    assert sel.packed.shape == (sum(keep), source.shape[1] + 6)
+    assert torch.equal(bits(sel.packed.cpu()), bits(expect.packed.cpu()))
+    assert torch.equal(bits(ref.packed.cpu()), bits(expect.packed.cpu()))
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_lambda_one_is_select_tokens(backend):
     """Every image at lam == 1: exactly VisionSelector's top-K (same scores, same indices, same rows)."""

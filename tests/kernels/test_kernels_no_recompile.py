@@ -24,10 +24,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from vs_vllm.kernels import gather_selected, select_tokens, select_tokens_mmr
+from vs_vllm.kernels import PositionChannels, gather_selected, select_tokens, select_tokens_mmr
 from vs_vllm.kernels import mmr_select as kmmr
 from vs_vllm.kernels import select as ksel
-from vs_vllm.kernels.compile_specs import unspecialized_args
+from vs_vllm.kernels.compile_specs import gemv_buckets, unspecialized_args
 from vs_vllm.kernels.warmup import warm_up_selection, warmup_sizes
 
 D, H = 3584, 1792  # Qwen2.5-VL-7B's width; the scorer's hidden size
@@ -111,11 +111,14 @@ def _sweep(calls: int = 40, seed: int = 0) -> None:
             cu_keep.append(cu_keep[-1] + k)
         x = torch.empty(cu[-1], D, dtype=torch.bfloat16)  # never read: the kernels are not run
         grids = [(1, 1, n) for n in lengths]
-        select_tokens(x, cu, keep, *weights, grids=grids, backend="triton")
-        gather_selected(x, cu, torch.zeros(cu_keep[-1], dtype=torch.long), cu_keep, grids=grids, backend="triton")
+        # the serving path: the engine's packed layout (position channels; videos scale their temporal index)
+        channels = PositionChannels(tuple(rng.choice([1.0, 0.5, 2.0]) for _ in lengths))
+        select_tokens(x, cu, keep, *weights, grids=grids, backend="triton", channels=channels)
+        gather_selected(x, cu, torch.zeros(cu_keep[-1], dtype=torch.long), cu_keep, grids=grids, backend="triton",
+                        channels=channels)
         if c % 3 == 0:
             lams = [rng.choice([0.0, 0.5, 1.0]) for _ in lengths]
-            select_tokens_mmr(x, cu, keep, *weights, lams, grids=grids, backend="triton")
+            select_tokens_mmr(x, cu, keep, *weights, lams, grids=grids, backend="triton", channels=channels)
 
 
 def _warm_up() -> None:
@@ -143,8 +146,11 @@ def test_warm_up_compiles_every_variant_the_sweep_hits(monkeypatch, gpu_configs)
     _sweep(seed=1)
     missing = served.variants() - warm.variants()
     assert not missing, "\n".join(map(str, sorted(missing)))
-    # bounded: one select variant per bucket (256 ... 4096 one-chunk, then chunked), one of every other kernel
-    assert len(warm.variants()) <= 16, sorted(warm.variants())
+    # bounded: one select variant per bucket (256 ... 4096 one-chunk, then chunked: 6), mean / finalize / score (3),
+    # each mat-vec once per image-block bucket (1, 2, 4, 8), the gather into the packed layout and the MMR score
+    # pass's plain gather (2), the two MMR kernels (2)
+    bound = 6 + 3 + 2 * len(gemv_buckets(ksel.get_config())) + 2 + 2
+    assert len(warm.variants()) <= bound == 21, sorted(warm.variants())
 
 
 def test_the_key_model_sees_respecialisation_without_do_not_specialize(monkeypatch, gpu_configs):

@@ -24,6 +24,7 @@ from kernel_testlib import (
     own_topk,
     poisoned_buffers,
 )
+from vs_vllm.kernels import PositionChannels, select_tokens
 from vs_vllm.kernels import config as kconfig
 from vs_vllm.kernels import select as ksel
 from vs_vllm.kernels.common import make_plan
@@ -41,6 +42,7 @@ SMALL_GPU_LIKE = {
     "block_d": 32,
     "gemv_block_h": 16,
     "gemv_block_d": 32,
+    "gemv_block_b": 4,
     "gather_block_r": 16,
     "gather_block_d": 32,
     "sel_one_chunk_max": 256,
@@ -209,3 +211,68 @@ def test_topk_kernel_extremes_and_nan():
         finite = vals.clone()
         finite[11] = float("inf")  # NaN ranks first; compare with NaN replaced by +inf
         assert torch.equal(idx, own_topk(finite, [0, n], [k])), k
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Many images per call: the two mat-vecs run as GEMMs over blocks of gemv_block_b images
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_images", [15, 16, 17, 40])
+def test_many_images_share_the_weight_reads(gpu_like_config, num_images):
+    """Image counts around and past the image blocks (up to 4 images per program here, 8 on a GPU): every block's
+    rows of kbar / u land on their own image."""
+    g = torch.Generator().manual_seed(num_images)
+    lengths = [int(v) for v in torch.randint(1, 70, (num_images,), generator=g)]
+    x, cu, w = make_problem(lengths, 72, torch.bfloat16, seed=num_images, hidden=40)
+    keep = [max(1, n // 3) for n in lengths]
+    check(*run_both(x, cu, keep, w, [factor_grid(n) for n in lengths]))
+
+
+def test_many_images_interpreter_config():
+    """The interpreter's own blocks (one program per 8 images, no splits) on 33 images of different sizes."""
+    lengths = [3 + 7 * i for i in range(33)]
+    x, cu, w = make_problem(lengths, 130, torch.float32, seed=33)
+    check(*run_both(x, cu, [max(1, n // 4) for n in lengths], w))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine's packed layout from the whole chain: score x, gather wider source rows + position channels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_select_into_packed_layout_from_wider_source(dtype, gpu_like_config):
+    """The scorer reads the first D columns (a strided view); rows come whole from the wider source (DeepStack
+    levels), followed by the position channels of (int(t * f), h, w)."""
+    lengths = [300, 60, 1, 130]
+    grids = [(1, 20, 15), (3, 4, 5), (1, 1, 1), (2, 5, 13)]
+    keep = [61, 59, 1, 13]
+    factors = PositionChannels((1.0, 2.0, 1.0, 0.5))
+    x, cu, w = make_problem(lengths, 64, dtype, seed=77, strided=True)
+    source = x.as_strided((x.shape[0], x.stride(0)), (x.stride(0), 1))  # the whole wide buffer
+    assert source.shape[1] == 64 + 11 and torch.equal(bits(source[:, :64]), bits(x))
+    source = source.to(DEVICE)
+    x = source[:, :64]
+    weights = tuple(t.to(DEVICE) for t in w)
+    plan = make_plan(x, cu, keep, grids)
+    with poisoned_buffers(kconfig):
+        sel, scores = ksel.select_with_scores_triton(x, plan, *weights, source=source, channels=factors)
+    ref, ref_scores = select_with_scores_ref(x, plan, *weights, source=source, channels=factors)
+    check(plan, x, ksel.select_with_scores_triton(x, plan, *weights)[0], scores, ref, ref_scores)
+    expect = gather_with_plan_ref(x, plan, sel.indices, source=source, channels=factors)
+    assert sel.packed.shape == (plan.total_keep, 64 + 11 + 6)
+    assert torch.equal(bits(sel.packed.cpu()), bits(expect.packed.cpu()))
+    assert torch.equal(sel.positions.cpu(), expect.positions.cpu())
+
+
+def test_select_tokens_packed_layout_auto_equals_torch():
+    x, cu, w = make_problem([90, 41], 48, torch.bfloat16, seed=5)
+    grids, factors = [(2, 9, 5), (1, 41, 1)], PositionChannels((1.5, 1.0))
+    x, w = x.to(DEVICE), tuple(t.to(DEVICE) for t in w)
+    auto = select_tokens(x, cu, [30, 7], *w, grids=grids, channels=factors)
+    ref = select_tokens(x, cu, [30, 7], *w, grids=grids, channels=factors, backend="torch")
+    assert torch.equal(auto.indices.cpu(), ref.indices.cpu())
+    assert torch.equal(bits(auto.packed.cpu()), bits(ref.packed.cpu()))
+    with pytest.raises(ValueError, match="source must hold the 131 rows"):
+        select_tokens(x, cu, [30, 7], *w, grids=grids, source=x[:5])

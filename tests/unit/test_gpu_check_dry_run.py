@@ -70,17 +70,21 @@ def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
         assert all(float(r[col]) > 0 for r in rows), (col, rows)
     assert all(r["graph_same_idx"] == "True" and r["speedup_graph"] for r in rows), rows
     assert all(not r[c] for r in rows for c in ("triton_graph_note", "torch_graph_note", "copy_graph_note")), rows
+    # the serving chain before / after the fusion: both timed (eager and graph), the fused buffer bit-identical
+    for col in ("serving_unfused_ms", "serving_fused_ms", "serving_unfused_graph_ms", "serving_fused_graph_ms"):
+        assert all(float(r[col]) > 0 for r in rows), (col, rows)
+    assert all(r["serving_same"] == "True" and r["fusion_speedup"] and not r["serving_graph_note"] for r in rows)
     with open(results / f"bench_select_{TAG}.csv") as f:
         assert {"triton_graph_ms", "speedup_graph", "pct_of_copy_bw_graph", "graph_same_idx"} <= set(
             csv.DictReader(f).fieldnames)
     with open(results / f"gpu_check_{TAG}_sweep.csv") as f:
-        assert {r["op"] for r in csv.DictReader(f)} >= {"select", "gather", "mmr", "select_strided"}
+        assert {r["op"] for r in csv.DictReader(f)} >= {"select", "gather", "mmr", "select_strided", "select_packed"}
 
     md = (results / f"gpu_check_{TAG}.md").read_text()
     assert "DRY RUN" in md and "## Goals" in md
     for goal in ("selection chain (select_tokens) vs torch reference", ">= 3x", "device copy of the same bytes",
                  ">= 50%", "prefill speedup at ratio 0.2", ">= 2x", "Triton graph ms", "% copy (graph)",
-                 "graph same idx"):
+                 "graph same idx", "Serving chain", "fusion speedup (graph)", "% copy (fused, graph)"):
         assert goal in md, goal
     goals = {g["goal"]: g for g in state["goals"]}
     n = 96  # the dry profile's goal_min_n

@@ -12,14 +12,20 @@ import pytest
 import torch
 
 from vs_vllm.selection.methods import list_methods
-from vs_vllm.selection.positions import MediaSpan, fill_media_positions, mrope_positions, mrope_positions_for_spans
+from vs_vllm.selection.positions import (
+    MediaSpan,
+    fill_media_positions,
+    grid_coordinates,
+    mrope_positions,
+    mrope_positions_for_spans,
+)
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.testing.sync_guard import as_device, sync_guard, to_host
 from vs_vllm.vllm_plugin.pruning.channels import strip_channels, unpositioned, with_channels
 from vs_vllm.vllm_plugin.pruning.hook import recompute_positions
 from vs_vllm.vllm_plugin.pruning.selection import ItemSelection, select_items
 
-GRIDS = [(1, 5, 7), (1, 4, 4), (1, 3, 9)]
+GRIDS = [(1, 5, 7), (1, 4, 4), (3, 3, 3)]
 HIDDEN = 24
 
 
@@ -47,21 +53,26 @@ def test_selection_path_has_no_sync(method, extra_columns) -> None:
     embeds, scorer = _inputs(extra_columns)
     choices = [ItemSelection(keep=k, method=method, seed=3, selection_lambda=lam)  # 16 == N: the unpruned path
                for k, lam in ((7, 0.5), (16, 0.0), (2, 0.2))]
-    reference = select_items(embeds, GRIDS, choices, scorer, HIDDEN)
+    factors = [1.0, 1.0, 2.5]
+    reference = select_items(embeds, GRIDS, choices, scorer, HIDDEN, factors)
     device_embeds = [as_device(e) for e in embeds]
     with sync_guard():
-        out = select_items(device_embeds, GRIDS, choices, _device_scorer(scorer), HIDDEN)
-        # as the model packs them: an item kept whole (coords None) goes out already positioned
-        packed = [unpositioned(rows) if coords is None else with_channels(rows, coords) for rows, coords in out]
-    for (rows, coords), (ref_rows, ref_coords), item in zip(out, reference, packed):
-        assert torch.equal(to_host(rows), ref_rows)
-        if ref_coords is None:
-            assert coords is None and rows is device_embeds[1]  # the unpruned item (keep 16 == N) is passed through
-        else:
-            assert torch.equal(to_host(coords), ref_coords)
-        assert to_host(item).shape[1] == HIDDEN + extra_columns + 6
-    assert [c is None for _, c in reference] == [False, True, False]
-    assert [r.shape[0] for r, _ in reference] == [7, 16, 2]
+        out = select_items(device_embeds, GRIDS, choices, _device_scorer(scorer), HIDDEN, factors)
+    for item, ref in zip(out, reference):
+        assert torch.equal(to_host(item), ref)
+        assert ref.shape[1] == HIDDEN + extra_columns + 6
+    # the unpruned item (keep 16 == N) goes out whole and marked as already positioned
+    assert torch.equal(reference[1], unpositioned(embeds[1]))
+    assert [r.shape[0] for r in reference] == [7, 16, 2]
+    for item, grid, factor, emb in ((reference[0], GRIDS[0], 1.0, embeds[0]), (reference[2], GRIDS[2], 2.5, embeds[2])):
+        # each kept row is one of the item's rows, followed by the channels of its own (t offset, h, w)
+        hidden, coords = strip_channels([item])
+        idx = [next(j for j in range(emb.shape[0]) if torch.equal(emb[j], row)) for row in hidden[0]]
+        assert idx == sorted(idx)
+        expect = grid_coordinates(torch.tensor(idx), grid).T.clone()
+        expect[:, 0] = (expect[:, 0].double() * factor).long()
+        assert torch.equal(coords, expect)
+        assert torch.equal(item, with_channels(hidden[0], coords))
 
 
 def test_hook_on_device_tensors_syncs_only_for_the_guarded_delta() -> None:
@@ -71,8 +82,6 @@ def test_hook_on_device_tensors_syncs_only_for_the_guarded_delta() -> None:
     exact, delta = mrope_positions(ids, 100, grids, kept=kept)
     spans = [MediaSpan(offset=3, length=4, grid=grids[0]), MediaSpan(offset=9, length=4, grid=grids[1])]
     provisional, _ = mrope_positions_for_spans(len(ids), spans)
-    from vs_vllm.selection.positions import grid_coordinates
-
     rows = [with_channels(torch.randn(4, HIDDEN), grid_coordinates(k, g).T) for k, g in zip(kept, grids)]
     device_ids = as_device(torch.tensor(ids, dtype=torch.int32))
     device_positions = as_device(provisional.to(torch.int32))

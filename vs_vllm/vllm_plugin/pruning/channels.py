@@ -3,9 +3,9 @@
 vLLM's pruning hook (``recompute_mrope_positions``) receives the media embeddings exactly as ``embed_multimodal``
 returned them (sliced per prefill chunk), so the kept tokens' coordinates ride along as extra trailing columns in the
 embeddings' dtype and are stripped by the hook before the merge (both runners strip every media row alike, which is
-why unpruned media carry channels too). Each of (t, h, w) is written as (value // 256, value % 256): every channel is
-an integer in [0, 256), which bf16 and fp16 hold exactly (bf16 is exact only up to 256). t = -1 marks media whose
-positions are already exact (unpruned media): the hook leaves those slots alone.
+why unpruned media carry channels too). The layout itself — (value // 256, value % 256) per coordinate, t = -1 for
+media whose positions are already exact — is defined once, in ``vs_vllm.kernels.position_channels``: the selection
+kernels write pruned items straight into it (``PositionChannels``); this module adds it to whole items and strips it.
 """
 
 from __future__ import annotations
@@ -14,39 +14,35 @@ from collections.abc import Sequence
 
 import torch
 
+from vs_vllm.kernels.position_channels import (
+    MAX_COORDINATE,
+    NUM_POSITION_CHANNELS,
+    check_coordinates,
+    decode_position_channels,
+    encode_position_channels,
+)
+
 __all__ = ["MAX_COORDINATE", "NUM_POSITION_CHANNELS", "check_grid_fits", "decode_channels", "strip_channels",
-           "with_channels"]
+           "unpositioned", "with_channels"]
 
-NUM_POSITION_CHANNELS = 6
-_SPLIT = 256
-MAX_COORDINATE = _SPLIT * _SPLIT - 1
+decode_channels = decode_position_channels
 
 
-def check_grid_fits(grid: Sequence[int]) -> None:
+def check_grid_fits(grid: Sequence[int], t_factor: float = 1.0) -> None:
     """Host-side bound check (instead of reading the coordinates back from the device)."""
-    if max(int(v) for v in grid) - 1 > MAX_COORDINATE:
-        raise ValueError(f"grid {tuple(grid)} too large for the position channels (max coordinate {MAX_COORDINATE})")
+    check_coordinates(grid, t_factor)
 
 
 def with_channels(rows: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """[K, D] rows + [K, 3] (t, h, w) -> [K, D + 6] in the rows' dtype. No host sync."""
-    coords = coords.to(device=rows.device, dtype=torch.long)
-    hi = torch.div(coords, _SPLIT, rounding_mode="floor")
-    lo = coords - hi * _SPLIT
-    channels = torch.stack([hi, lo], dim=2).reshape(coords.shape[0], NUM_POSITION_CHANNELS)
-    return torch.cat([rows, channels.to(rows.dtype)], dim=1)
+    """[K, D] rows + [K, 3] (t offset, h, w) -> [K, D + 6] in the rows' dtype. No host sync."""
+    channels = encode_position_channels(coords.to(device=rows.device), rows.dtype)
+    return torch.cat([rows, channels], dim=1)
 
 
 def unpositioned(rows: torch.Tensor) -> torch.Tensor:
     """Channels that mark every row as already positioned (t = -1)."""
     coords = torch.full((rows.shape[0], 3), -1, dtype=torch.long, device=rows.device)
     return with_channels(rows, coords)
-
-
-def decode_channels(channels: torch.Tensor) -> torch.Tensor:
-    """[R, 6] channels -> [R, 3] int64 (t, h, w)."""
-    pairs = channels.round().long().reshape(channels.shape[0], 3, 2)
-    return pairs[..., 0] * _SPLIT + pairs[..., 1]
 
 
 def strip_channels(embeddings: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:

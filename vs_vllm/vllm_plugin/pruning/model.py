@@ -27,12 +27,11 @@ import torch
 from vs_vllm.selection.checkpoint import load_scorer
 from vs_vllm.selection.methods import needs_scorer
 from vs_vllm.selection.position_schemes import PositionScheme, get_position_scheme
-from vs_vllm.selection.positions import scaled_temporal
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.vllm_plugin.options import ENV_SCORER, default_options
 from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
 from vs_vllm.vllm_plugin.pruning.adapter import ArchitectureAdapter
-from vs_vllm.vllm_plugin.pruning.channels import check_grid_fits, unpositioned, with_channels
+from vs_vllm.vllm_plugin.pruning.channels import check_grid_fits, unpositioned
 from vs_vllm.vllm_plugin.pruning.encoder_budget import plan_micro_batches
 from vs_vllm.vllm_plugin.pruning.fields import NO_SEED, field_names, method_name
 from vs_vllm.vllm_plugin.pruning.guards import refuse_vllm_video_pruning
@@ -141,19 +140,12 @@ class PruningModelMixin:
             grids = adapter.llm_grids(adapter.item_grids_of(modality, mm_input), self.config)
             embeds = self._vs_encode(modality, mm_input, grids)
             choices = self._vs_choices(modality, fields, [int(e.shape[0]) for e in embeds])
-            for grid in grids:
-                check_grid_fits(grid)
-            kept = select_items(embeds, grids, choices, self.visual.importance_scorer,
-                                adapter.scored_width(self.config))
+            # the channels carry the temporal *position* offset (videos: index x seconds x tokens per second)
             factors = adapter.temporal_factors(modality, mm_input, self.config)
-            for (rows, coords), factor in zip(kept, factors):
-                if coords is None:
-                    # Unpruned: get_mrope_input_positions already placed it exactly, in the model's own layout.
-                    outputs.append(unpositioned(rows))
-                    continue
-                # The channels carry the temporal *position* offset (videos: index x seconds x tokens per second).
-                coords = torch.cat([scaled_temporal(coords[:, :1], factor), coords[:, 1:]], dim=1)
-                outputs.append(with_channels(rows, coords))
+            for grid, factor in zip(grids, factors):
+                check_grid_fits(grid, factor)
+            outputs.extend(select_items(embeds, grids, choices, self.visual.importance_scorer,
+                                        adapter.scored_width(self.config), factors))
         return outputs
 
     def _vs_encode(self, modality: str, mm_input: Any, grids: list[tuple[int, int, int]]) -> list[torch.Tensor]:

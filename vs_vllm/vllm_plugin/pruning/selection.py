@@ -8,6 +8,11 @@ field — stays on the host, so this path never synchronises with the device (te
 
 Rows are gathered whole: an adapter whose vision output carries more than the scored columns (Qwen3-VL's DeepStack
 levels) keeps every column of a kept token, while the scorer reads only the first ``scored_width`` columns.
+
+Every pruned item comes out in the engine's final layout — its kept rows followed by their position channels
+(``vs_vllm.kernels.position_channels``) — written by the selection's own gather pass (``PositionChannels``): no
+gather -> copy -> concat. The items of a packed batch are one buffer (each item a view of it), and a batch whose
+items are consecutive slices of one vision-tower output (``split`` views) is scored in place, without a concat.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import torch
 
 from vs_vllm.selection.methods import select
 from vs_vllm.selection.mmr import DEFAULT_LAMBDA
+from vs_vllm.vllm_plugin.pruning.channels import unpositioned
 
-__all__ = ["PACKED_METHODS", "ItemSelection", "select_items"]
+__all__ = ["PACKED_METHODS", "ItemSelection", "packed_rows", "select_items"]
 
 #: Learned methods whose items of one encoder call run together through the kernels dispatcher (one score pass for
 #: the packed batch); every other method runs per item through the registry.
@@ -43,19 +49,23 @@ def select_items(
     choices: Sequence[ItemSelection],
     scorer: torch.nn.Module | None,
     scored_width: int | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Per item: (rows [K_i, D_full], coords [K_i, 3] int64), in the items' order. An item kept whole gets
-    (its embeddings, None): nothing was pruned, so the positions computed before the encoder are already exact."""
-    from vs_vllm.kernels import gather_selected, select_tokens, select_tokens_mmr
+    t_factors: Sequence[float] | None = None,
+) -> list[torch.Tensor]:
+    """Per item, in the items' order, what ``embed_multimodal`` returns for it: [K_i, D_full + 6], the kept rows and
+    their position channels (t offset = int(t * t_factors[i]), h, w). An item kept whole comes back with channels
+    that mark it as already positioned (t = -1): the positions computed before the encoder are exact for it."""
+    from vs_vllm.kernels import PositionChannels, gather_selected, select_tokens, select_tokens_mmr
 
     count = len(embeds)
-    if not (len(grids) == len(choices) == count):
-        raise ValueError(f"{count} items but {len(grids)} grids and {len(choices)} selections")
+    factors = [1.0] * count if t_factors is None else [float(f) for f in t_factors]
+    if not (len(grids) == len(choices) == len(factors) == count):
+        raise ValueError(f"{count} items but {len(grids)} grids, {len(choices)} selections and {len(factors)} "
+                         "temporal factors")
     lengths = [int(e.shape[0]) for e in embeds]
-    out: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * count
+    out: list[torch.Tensor | None] = [None] * count
     for i in range(count):
         if choices[i].keep >= lengths[i]:
-            out[i] = (embeds[i], None)
+            out[i] = unpositioned(embeds[i])
 
     def scored(x: torch.Tensor) -> torch.Tensor:
         return x if scored_width is None or scored_width >= x.shape[1] else x[:, :scored_width]
@@ -66,7 +76,7 @@ def select_items(
             continue
         if scorer is None:
             raise ValueError(f"selection method {method!r} needs a scorer and this model has none")
-        x_full = torch.cat([embeds[i] for i in packed]) if len(packed) > 1 else embeds[packed[0]]
+        x_full = packed_rows([embeds[i] for i in packed])
         cu, cu_keep = [0], [0]
         for i in packed:
             cu.append(cu[-1] + lengths[i])
@@ -75,17 +85,18 @@ def select_items(
         packed_grids = [grids[i] for i in packed]
         weights = (scorer.q_proj.weight, scorer.q_proj.bias, scorer.k_proj.weight, scorer.k_proj.bias)
         x_scored = scored(x_full)
+        layout = {
+            "grids": packed_grids,
+            "source": None if x_scored is x_full else x_full,  # gather the rows whole (DeepStack levels)
+            "channels": PositionChannels(tuple(factors[i] for i in packed)),
+        }
         if method == "visionselector":
-            sel = select_tokens(x_scored, cu, keep, *weights, grids=packed_grids)
+            sel = select_tokens(x_scored, cu, keep, *weights, **layout)
         else:
             sel = select_tokens_mmr(x_scored, cu, keep, *weights, [choices[i].selection_lambda for i in packed],
-                                    grids=packed_grids)
-        rows = sel.rows
-        if x_scored is not x_full:  # rows wider than the scored columns: gather them whole
-            rows = gather_selected(x_full, cu, sel.indices, cu_keep, grids=packed_grids).rows
+                                    **layout)
         for j, i in enumerate(packed):
-            a, b = cu_keep[j], cu_keep[j + 1]
-            out[i] = (rows[a:b], sel.positions[a:b])
+            out[i] = sel.packed[cu_keep[j] : cu_keep[j + 1]]
 
     for i in range(count):
         if out[i] is not None:
@@ -93,6 +104,27 @@ def select_items(
         choice, n = choices[i], lengths[i]
         idx = select(choice.method, scored(embeds[i]), grids[i], choice.keep, scorer=scorer, seed=choice.seed,
                      selection_lambda=choice.selection_lambda, check_output=False)
-        sel = gather_selected(embeds[i], [0, n], idx, [0, choice.keep], grids=[grids[i]])
-        out[i] = (sel.rows, sel.positions)
+        out[i] = gather_selected(embeds[i], [0, n], idx, [0, choice.keep], grids=[grids[i]],
+                                 channels=PositionChannels((factors[i],))).packed
     return out  # type: ignore[return-value]
+
+
+def packed_rows(items: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The items' rows as one [sum N_i, D] tensor: a view when they are consecutive, row-major slices of one
+    buffer (how a vision tower's output is split per item), a concatenation otherwise."""
+    if len(items) == 1:
+        return items[0]
+    first = items[0]
+    try:
+        storage = first.untyped_storage().data_ptr()
+        offset = first.storage_offset()
+        for t in items:
+            if (t.dtype != first.dtype or t.device != first.device or t.dim() != 2 or t.shape[1] != first.shape[1]
+                    or not t.is_contiguous() or t.untyped_storage().data_ptr() != storage
+                    or t.storage_offset() != offset):
+                raise LookupError
+            offset += t.numel()
+    except (LookupError, RuntimeError, NotImplementedError):  # not views of one buffer (or no storage to look at)
+        return torch.cat(list(items))
+    total = sum(int(t.shape[0]) for t in items)
+    return first.as_strided((total, first.shape[1]), (first.shape[1], 1))
