@@ -104,7 +104,7 @@ PROFILES = {
         sweep="full",
         pytest_args=("tests/kernels",),
         deadline=450,
-        caps={"env": 90, "pytest": 240, "sweep": 240, "bench-select": 120, "bench-mmr": 120, "hf-prefill": 200},
+        caps={"env": 90, "pytest": 240, "sweep": 240, "bench-select": 180, "bench-mmr": 120, "hf-prefill": 200},
         goal_min_n=GOAL_MIN_N,
     ),
     "quick": Profile(
@@ -116,7 +116,7 @@ PROFILES = {
         sweep="quick",
         pytest_args=("tests/kernels",),
         deadline=300,
-        caps={"env": 90, "pytest": 180, "sweep": 180, "bench-select": 90, "bench-mmr": 60, "hf-prefill": 150},
+        caps={"env": 90, "pytest": 180, "sweep": 180, "bench-select": 120, "bench-mmr": 60, "hf-prefill": 150},
         goal_min_n=GOAL_MIN_N,
     ),
     # CPU rehearsal: the same code paths on toy sizes through the Triton interpreter (numbers mean nothing).
@@ -861,9 +861,24 @@ def render_summary(check: GpuCheck, goals: list, final: bool) -> str:
                                                           "fusion_speedup_graph")]
                              + [_pct(r.get("copy_same_bytes_graph_ms"), r.get("serving_fused_graph_ms")),
                                 r.get("serving_same", "-")] for r in sel])
+        split = [r for r in sel if any(_num(r.get(f"{p}_graph_ms")) is not None
+                                       for p in ("meta", "scores", "select", "gather"))]
+        if split:
+            lines += ["", "Where the chain's GPU time goes (r = 0.2): each pass launched alone from a CUDA graph, ms: "
+                      "`meta` the pinned host-to-device copy of the sizes, `scores` mean + mat-vecs + partial dot "
+                      "products, `select` one program per image (radix select), `gather` rows + position channels "
+                      "into the packed layout; `copy` = the same-bytes copy (graph).", ""]
+            lines += _table(["B", "N", "D", "K", "meta", "scores", "select", "gather", "chain (graph)",
+                             "fused (graph)", "copy (graph)"],
+                            [[r["images"], r["n"], r["d"], r["k"]]
+                             + [r.get(c) or "-" for c in ("meta_graph_ms", "scores_graph_ms", "select_graph_ms",
+                                                          "gather_graph_ms", "triton_graph_ms",
+                                                          "serving_fused_graph_ms", "copy_same_bytes_graph_ms")]
+                             for r in split])
         notes = sorted({f"{label}: {r[c]}" for r in sel for label, c in (
             ("Triton graph", "triton_graph_note"), ("torch graph", "torch_graph_note"),
-            ("copy graph", "copy_graph_note"), ("serving graph", "serving_graph_note")) if r.get(c)})
+            ("copy graph", "copy_graph_note"), ("serving graph", "serving_graph_note"),
+            ("breakdown", "breakdown_note")) if r.get(c)})
         if notes:
             lines += ["", "Graph notes:", ""] + [f"- {n.replace('|', '/')}" for n in notes[:12]] + (
                 [f"- ... {len(notes) - 12} more in the CSV"] if len(notes) > 12 else [])
@@ -1143,7 +1158,9 @@ def child_bench_select(mode: str, out: Path) -> int:
             "torch_graph_note", "copy_graph_note",
             # the serving chain (rows + position channels) before and after the fusion
             "serving_unfused_ms", "serving_fused_ms", "fusion_speedup", "serving_unfused_graph_ms",
-            "serving_fused_graph_ms", "fusion_speedup_graph", "serving_same", "serving_graph_note"]
+            "serving_fused_graph_ms", "fusion_speedup_graph", "serving_same", "serving_graph_note",
+            # each pass of the Triton chain alone (graph replay; r = 0.2 cases)
+            "meta_graph_ms", "scores_graph_ms", "select_graph_ms", "gather_graph_ms", "breakdown_note"]
     with open(out / "select_copy.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         wr.writeheader()

@@ -38,6 +38,11 @@ The serving chain (what ``embed_multimodal`` hands to vLLM: kept rows followed b
   straight into the final buffer; ``fusion_speedup`` = unfused / fused; ``*_graph_ms`` / ``fusion_speedup_graph``:
   the same from CUDA-graph replays (``serving_same``: the fused buffer equals the unfused one, bit for bit).
 
+Where the Triton chain's GPU time goes (graph pass, cases with r = 0.2): each pass launched alone from a CUDA graph
+on the case's inputs, ``*_graph_ms`` of ``meta`` (the host sizes' pinned host-to-device copy), ``scores`` (mean,
+the two mat-vecs, the partial dot products), ``select`` (one program per image: scores, radix select, compaction)
+and ``gather`` (kept rows + position channels into the packed layout).
+
 The graph pass runs after every eager measurement of the run, so the eager columns are measured as without it (only
 their inputs stay allocated until then). A failed capture never stops the benchmark: the reason is recorded, the CUDA
 state is synchronised, the next capture uses a fresh graph and stream, and a call that failed in every mode is not
@@ -314,6 +319,7 @@ def main(argv=None) -> int:
                     row.update(graph_columns(None, torch, None, None, None, None, 0, bw_copy,
                                              skip="skipped (--no-graph)" if args.no_graph else "not measured (yet)"))
                     row.update(serving_graph_columns(None, None))
+                    row.update(breakdown_graph_columns(None, None, None))
                     rows.append(row)
                     if not args.no_graph:
                         pending.append((row, args_sel, grids, sel, x_bytes + kept_bytes, serving))
@@ -336,6 +342,8 @@ def main(argv=None) -> int:
         try:
             row.update(graph_columns(kernels, torch, timer, args_sel, grids, sel, moved, bw_copy))
             row.update(serving_graph_columns(timer, serving))
+            if row["r"] == 0.2:
+                row.update(breakdown_graph_columns(timer, args_sel, grids or [(1, 1, row["n"])] * row["images"]))
         except Exception as exc:  # graph_columns does not raise; this only guards the eager rows already measured
             row.update(triton_graph_note=f"graph pass failed: {reason(exc)}", torch_graph_note="")
         print(
@@ -441,6 +449,49 @@ def serving_graph_columns(timer, serving) -> dict:
     return out
 
 
+BREAKDOWN_PARTS = ("meta", "scores", "select", "gather")
+
+
+def breakdown_graph_columns(timer, args_sel, grids) -> dict:
+    """GPU time of each pass of the Triton chain alone (see the module docstring; empty without a timer)."""
+    out = {f"{part}_graph_ms": None for part in BREAKDOWN_PARTS}
+    out["breakdown_note"] = ""
+    if timer is None:
+        return out
+    import math as _math
+
+    from vs_vllm.kernels.common import make_plan
+    from vs_vllm.kernels.config import _device_meta, _row_major, _target_programs, get_config
+    from vs_vllm.kernels.gather import _launch_gather
+    from vs_vllm.kernels.position_channels import PositionChannels
+    from vs_vllm.kernels.score import _launch_scores
+    from vs_vllm.kernels.topk_select import _launch_select
+
+    x, cu, keep, wq, bq, wk, bk = args_sel
+    x, wq, wk = _row_major(x), _row_major(wq), _row_major(wk)
+    plan, cfg, channels = make_plan(x, cu, keep, grids), get_config(), PositionChannels()
+    target = _target_programs(x.device, cfg)
+    meta = _device_meta(plan, x.device, channels)
+    part_s, part_c, n_ss, n_us = _launch_scores(x, meta.cu, wq, bq, wk, bk, plan, cfg, target)
+    sqrt_h = _math.sqrt(wq.shape[0])
+    _, indices = _launch_select(part_s, part_c, meta.cu, meta.cuk, x.shape[0], n_ss, n_us, sqrt_h, plan, cfg)
+    calls = {
+        "meta": lambda: _device_meta(plan, x.device, channels),
+        "scores": lambda: _launch_scores(x, meta.cu, wq, bq, wk, bk, plan, cfg, target),
+        "select": lambda: _launch_select(part_s, part_c, meta.cu, meta.cuk, x.shape[0], n_ss, n_us, sqrt_h, plan,
+                                         cfg),
+        "gather": lambda: _launch_gather(x, plan, meta, indices, cfg, target),
+    }
+    notes = []
+    for part in BREAKDOWN_PARTS:
+        ms, _, note = timer.measure(calls[part], f"part_{part}")
+        out[f"{part}_graph_ms"] = round(ms, 4) if ms is not None else None
+        if note:
+            notes.append(f"{part}: {note}")
+    out["breakdown_note"] = "; ".join(notes)
+    return out
+
+
 def write_results(csv_path: Path, md_path: Path, rows: list, header: dict) -> None:
     """The CSV (every column) and the markdown table of ``rows``."""
     if not rows:
@@ -523,9 +574,26 @@ def write_results(csv_path: Path, md_path: Path, rows: list, header: dict) -> No
             f"{r['serving_fused_ms']:.4f} | {r['fusion_speedup']:.2f} | {_fmt(r['serving_unfused_graph_ms'])} | "
             f"{_fmt(r['serving_fused_graph_ms'])} | {_fmt(r['fusion_speedup_graph'], 2)} | {r['serving_same']} |"
         )
+    split = [r for r in rows if any(r[f"{p}_graph_ms"] is not None for p in BREAKDOWN_PARTS)]
+    if split:
+        lines += [
+            "",
+            "Where the chain's GPU time goes: each pass launched alone from a CUDA graph (ms); `chain` = the whole "
+            "`select_tokens` graph above (positions, no channels), `fused` = the serving chain.",
+            "",
+            "| images | N | D | K | meta | scores | select | gather (packed) | sum | chain | fused |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in split:
+            parts = [r[f"{p}_graph_ms"] for p in BREAKDOWN_PARTS]
+            total = sum(parts) if all(v is not None for v in parts) else None
+            lines.append(f"| {r['images']} | {r['n']} | {r['d']} | {r['k']} | "
+                         + " | ".join(_fmt(v) for v in parts)
+                         + f" | {_fmt(total)} | {_fmt(r['triton_graph_ms'])} | {_fmt(r['serving_fused_graph_ms'])} |")
     notes = sorted({f"{which}: {r[col]}" for r in rows for which, col in (("Triton", "triton_graph_note"),
                                                                           ("torch", "torch_graph_note"),
-                                                                          ("serving", "serving_graph_note"))
+                                                                          ("serving", "serving_graph_note"),
+                                                                          ("breakdown", "breakdown_note"))
                     if r[col]})
     if notes:
         lines += ["", "Graph capture notes:", ""] + [f"- {n}" for n in notes[:20]]

@@ -74,6 +74,10 @@ def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
     for col in ("serving_unfused_ms", "serving_fused_ms", "serving_unfused_graph_ms", "serving_fused_graph_ms"):
         assert all(float(r[col]) > 0 for r in rows), (col, rows)
     assert all(r["serving_same"] == "True" and r["fusion_speedup"] and not r["serving_graph_note"] for r in rows)
+    # where the GPU time goes: every pass timed alone from a graph in the r = 0.2 cases
+    split = [r for r in rows if float(r["r"]) == 0.2]
+    assert split and all(float(r[f"{p}_graph_ms"]) > 0 and not r["breakdown_note"]
+                         for r in split for p in ("meta", "scores", "select", "gather")), split
     with open(results / f"bench_select_{TAG}.csv") as f:
         assert {"triton_graph_ms", "speedup_graph", "pct_of_copy_bw_graph", "graph_same_idx"} <= set(
             csv.DictReader(f).fieldnames)
@@ -84,7 +88,8 @@ def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
     assert "DRY RUN" in md and "## Goals" in md
     for goal in ("selection chain (select_tokens) vs torch reference", ">= 3x", "device copy of the same bytes",
                  ">= 50%", "prefill speedup at ratio 0.2", ">= 2x", "Triton graph ms", "% copy (graph)",
-                 "graph same idx", "Serving chain", "fusion speedup (graph)", "% copy (fused, graph)"):
+                 "graph same idx", "Serving chain", "fusion speedup (graph)", "% copy (fused, graph)",
+                 "Where the chain's GPU time goes"):
         assert goal in md, goal
     goals = {g["goal"]: g for g in state["goals"]}
     n = 96  # the dry profile's goal_min_n
