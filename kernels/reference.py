@@ -22,7 +22,7 @@ from .common import (
     make_gather_plan,
     make_plan,
 )
-from .position_channels import PositionChannels, encode_position_channels
+from .position_channels import NUM_POSITION_CHANNELS, PositionChannels, encode_position_channels
 
 __all__ = [
     "gather_selected_ref",
@@ -47,15 +47,14 @@ def _positions(plan: Plan, indices: torch.Tensor, device: torch.device) -> torch
     return torch.stack((j // (h * w), (j // w) % h, j % w), dim=1)
 
 
-def _packed(rows: torch.Tensor, positions: torch.Tensor, plan: Plan, channels: PositionChannels) -> torch.Tensor:
-    """rows followed by the position channels of (int(t * t_factor), h, w), image by image (``scaled_temporal``)."""
+def _channel_coords(positions: torch.Tensor, plan: Plan, channels: PositionChannels) -> torch.Tensor:
+    """(int(t * t_factor), h, w) of each kept row, image by image (``scaled_temporal``)."""
     check_channels(plan, channels)
     factors = channels.factors_for(plan.num_images)
     cuk = plan.cu_keep
     temporal = torch.cat([scaled_temporal(positions[cuk[b] : cuk[b + 1], :1], factors[b])
                           for b in range(plan.num_images)])
-    coords = torch.cat([temporal, positions[:, 1:]], dim=1)
-    return torch.cat([rows, encode_position_channels(coords, rows.dtype)], dim=1)
+    return torch.cat([temporal, positions[:, 1:]], dim=1)
 
 
 def gather_with_plan_ref(
@@ -71,17 +70,21 @@ def gather_with_plan_ref(
     if plan.num_images == 0:
         return empty_selection(x if source is None else source, plan, channels)
     dev = x.device
+    src_rows = x if source is None else source
     indices = indices.to(device=dev, dtype=torch.long)
     starts = host_ints_on(plan.cu_seqlens[:-1], dev)
     keep = host_ints_on(plan.keep, dev)
     src = indices + torch.repeat_interleave(starts, keep, output_size=plan.total_keep)
-    rows = (x if source is None else source).index_select(0, src)
     cu_keep = host_ints_on(plan.cu_keep, dev)
     positions = _positions(plan, indices, dev)
     if channels is None:
-        return Selection(rows, indices, positions, cu_keep)
-    packed = _packed(rows, positions, plan, channels)
-    return Selection(packed[:, : rows.shape[1]], indices, positions, cu_keep, packed)
+        return Selection(src_rows.index_select(0, src), indices, positions, cu_keep)
+    # the rows land in the packed buffer directly (index_select into the strided view: no second copy for a cat)
+    d = src_rows.shape[1]
+    packed = torch.empty((plan.total_keep, d + NUM_POSITION_CHANNELS), dtype=src_rows.dtype, device=dev)
+    torch.index_select(src_rows, 0, src, out=packed[:, :d])
+    packed[:, d:] = encode_position_channels(_channel_coords(positions, plan, channels), src_rows.dtype)
+    return Selection(packed[:, :d], indices, positions, cu_keep, packed)
 
 
 def scores_with_plan_ref(

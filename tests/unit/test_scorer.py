@@ -66,6 +66,33 @@ def test_packed_batch_per_image_and_pooled(lengths: list[int]) -> None:
         assert not torch.allclose(per_image, pooled, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("lengths", [[5, 17, 1, 33], [100, 7, 49]])
+def test_inference_and_training_forms_agree(lengths: list[int]) -> None:
+    """Inference with host sizes scores image by image over slices; with autograd on, the one-pass form runs. Both
+    are the explicit reference, and both give equal rows of an image exactly equal scores (ties stay ties)."""
+    gen = torch.Generator().manual_seed(len(lengths))
+    d, h = 40, 20
+    pool = torch.randn(4, d, generator=gen)
+    x = pool[torch.randint(0, 4, (sum(lengths),), generator=gen)].to(torch.bfloat16)  # many duplicate rows
+    weights = tuple(w.float() for w in random_weights(d, h, gen))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    with torch.no_grad():
+        fast = importance_scores(x, *weights, cu_seqlens=cu)
+    trained = tuple(w.clone().requires_grad_(True) for w in weights)
+    one_pass = importance_scores(x, *trained, cu_seqlens=cu)
+    assert one_pass.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, one_pass.detach(), rtol=1e-5, atol=1e-5)
+    want = torch.cat([explicit_scores(x[a:b], *(w.double() for w in weights))
+                      for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    assert_close_scores(fast, want)
+    for scores in (fast, one_pass.detach()):
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            rows, s = x[a:b], scores[a:b]
+            for i in range(b - a):
+                same = (rows == rows[i]).all(dim=1)
+                assert torch.equal(s[same], s[i].expand(int(same.sum()))), "equal rows, unequal scores"
+
+
 def test_per_image_scores_do_not_depend_on_other_images() -> None:
     gen = torch.Generator().manual_seed(7)
     d, h = 16, 8
