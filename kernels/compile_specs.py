@@ -7,6 +7,7 @@ from .config import GPU_CONFIG, KernelConfig
 from .gather import _gather_kernel
 from .score import (
     _gemv_blocks,
+    gemv_buckets,
     _kbar_partial_kernel,
     _mean_finalize_kernel,
     _mean_partial_kernel,
@@ -15,7 +16,7 @@ from .score import (
 )
 from .topk_select import _select_kernel, _select_warps
 
-__all__ = ["KERNELS", "aligned_attrs", "compile_specs", "gemv_buckets", "unspecialized_args"]
+__all__ = ["KERNELS", "aligned_attrs", "compile_specs", "unspecialized_args"]
 
 KERNELS = {
     "mean_partial": _mean_partial_kernel,
@@ -156,15 +157,6 @@ def compile_specs(dtype: str = "bf16", cfg: KernelConfig = GPU_CONFIG) -> dict:
             nw,
         )
     return specs
-
-
-def gemv_buckets(cfg: KernelConfig) -> list[int]:
-    """The image-block sizes of the two mat-vecs (1, 2, 4, ... ``gemv_block_b``): one kernel variant each."""
-    out, block_b = [], 1
-    while block_b <= cfg.gemv_block_b:
-        out.append(block_b)
-        block_b *= 2
-    return out
 
 
 def unspecialized_args(fn) -> frozenset[str]:

@@ -94,17 +94,21 @@ def _gather_kernel(
             tl.store(pos_ptr + rows * 3 + 1, ph, mask=rmask)
             tl.store(pos_ptr + rows * 3 + 2, pw, mask=rmask)
         if CHANNELS:
-            # int -> fp32 -> out dtype: every channel is an integer in [0, 256), exact in each step (the interpreter
-            # also mistranslates a direct int -> bf16 cast as a bit cast)
-            ty = out_ptr.dtype.element_ty
             t_off = tl.load(toff_ptr + tl.load(tcu_ptr + b) + pt, mask=rmask, other=0)
             ch = out_ptr + rows * stride_out + D
-            tl.store(ch, (t_off // CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
-            tl.store(ch + 1, (t_off % CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
-            tl.store(ch + 2, (ph // CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
-            tl.store(ch + 3, (ph % CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
-            tl.store(ch + 4, (pw // CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
-            tl.store(ch + 5, (pw % CHANNEL_BASE).to(tl.float32).to(ty), mask=rmask)
+            _store_channel_pair(ch, t_off, rmask)
+            _store_channel_pair(ch + 2, ph, rmask)
+            _store_channel_pair(ch + 4, pw, rmask)
+
+
+@triton.jit
+def _store_channel_pair(ptr, value, mask):
+    """ptr[0], ptr[1] = value // CHANNEL_BASE, value % CHANNEL_BASE in the output's dtype, through fp32: every
+    channel is an integer in [0, 256), exact in each step (the interpreter also mistranslates a direct int -> bf16
+    cast as a bit cast)."""
+    ty = ptr.dtype.element_ty
+    tl.store(ptr, (value // CHANNEL_BASE).to(tl.float32).to(ty), mask=mask)
+    tl.store(ptr + 1, (value % CHANNEL_BASE).to(tl.float32).to(ty), mask=mask)
 
 
 def _launch_gather(

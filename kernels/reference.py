@@ -67,10 +67,10 @@ def gather_with_plan_ref(
 ) -> Selection:
     """Rows and (t, h, w) of the kept local ``indices`` (concatenated per image) for a validated plan; rows come
     from ``source`` when given, and with ``channels`` also in the packed layout (``Selection.packed``)."""
-    if plan.num_images == 0:
-        return empty_selection(x if source is None else source, plan, channels)
-    dev = x.device
     src_rows = x if source is None else source
+    if plan.num_images == 0:
+        return empty_selection(src_rows, plan, channels)
+    dev = x.device
     indices = indices.to(device=dev, dtype=torch.long)
     starts = host_ints_on(plan.cu_seqlens[:-1], dev)
     keep = host_ints_on(plan.keep, dev)

@@ -180,6 +180,16 @@ def _u_partial_kernel(
         tl.store(cpart_ptr + s * B + bs, cacc, mask=bmask)
 
 
+def gemv_buckets(cfg: KernelConfig) -> list[int]:
+    """The image-block sizes of the two mat-vecs (1, 2, 4, ... ``gemv_block_b``, see ``_gemv_blocks``): one kernel
+    variant each."""
+    out, block_b = [], 1
+    while block_b <= cfg.gemv_block_b:
+        out.append(block_b)
+        block_b *= 2
+    return out
+
+
 def _gemv_blocks(num_images: int, cfg: KernelConfig) -> tuple[int, int, int]:
     """(BLOCK_B, D step of the kbar pass, H step of the u pass): images per program from the buckets 1, 2, 4, ...
     ``gemv_block_b``, and the reduced dimension's step shrunk by the same factor, so that the product tile of a

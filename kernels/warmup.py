@@ -70,10 +70,10 @@ def warm_up_selection(
     multiples of 16 (the JIT's only distinction between them). ``backend``: as for the calls themselves (None:
     automatic, i.e. nothing to do off CUDA; tests pass "triton" to run the interpreter).
     """
-    from .compile_specs import gemv_buckets
     from .config import get_config
     from .dispatch import gather_selected, resolve_backend, select_tokens, select_tokens_mmr
     from .position_channels import PositionChannels
+    from .score import gemv_buckets
 
     device = torch.device(device)
     probe = torch.empty(0, dtype=dtype, device=device)
@@ -83,11 +83,11 @@ def warm_up_selection(
     t0 = time.perf_counter()
     sizes = warmup_sizes(max_tokens, width)
     gen = torch.Generator(device=device).manual_seed(0)
+    channels = PositionChannels()  # the serving calls' packed layout
     for n in sizes:
         x = torch.randn((n, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
         keep = max(1, n // 4)
         grids = [(1, 1, n)]
-        channels = PositionChannels()
         select_tokens(x, [0, n], [keep], *scorer_weights, grids=grids, backend=backend, channels=channels)
         # the other methods' shared back end (indices from the host-side selection methods)
         gather_selected(x, [0, n], torch.arange(keep, device=device), [0, keep], grids=grids, backend=backend,
@@ -98,7 +98,7 @@ def warm_up_selection(
     for images in gemv_buckets(get_config())[1:]:  # batches of several images: the mat-vecs' image-block variants
         x = torch.randn((images, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
         select_tokens(x, list(range(images + 1)), [1] * images, *scorer_weights, grids=[(1, 1, 1)] * images,
-                      backend=backend, channels=PositionChannels())
+                      backend=backend, channels=channels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return WarmUp(resolved, sizes, time.perf_counter() - t0)

@@ -437,16 +437,23 @@ def serving_graph_columns(timer, serving) -> dict:
            "serving_graph_note": ""}
     if timer is None:
         return out
-    notes = []
-    for name in ("unfused", "fused"):
-        ms, _, note = timer.measure(serving[name], f"serving_{name}")
-        out[f"serving_{name}_graph_ms"] = round(ms, 4) if ms is not None else None
-        if note:
-            notes.append(f"{name}: {note}")
+    times, out["serving_graph_note"] = graph_times(timer, serving, "serving_{}")
+    out.update({f"serving_{name}_graph_ms": ms for name, ms in times.items()})
     if out["serving_unfused_graph_ms"] and out["serving_fused_graph_ms"]:
         out["fusion_speedup_graph"] = round(out["serving_unfused_graph_ms"] / out["serving_fused_graph_ms"], 2)
-    out["serving_graph_note"] = "; ".join(notes)
     return out
+
+
+def graph_times(timer, calls: dict, key: str) -> tuple[dict, str]:
+    """({name: ms or None}, notes) of each zero-argument call captured and replayed by ``timer`` (capture key
+    ``key.format(name)``). Never raises."""
+    times, notes = {}, []
+    for name, call in calls.items():
+        ms, _, note = timer.measure(call, key.format(name))
+        times[name] = round(ms, 4) if ms is not None else None
+        if note:
+            notes.append(f"{name}: {note}")
+    return times, "; ".join(notes)
 
 
 BREAKDOWN_PARTS = ("meta", "scores", "select", "gather")
@@ -458,8 +465,6 @@ def breakdown_graph_columns(timer, args_sel, grids) -> dict:
     out["breakdown_note"] = ""
     if timer is None:
         return out
-    import math as _math
-
     from vs_vllm.kernels.common import make_plan
     from vs_vllm.kernels.config import _device_meta, _row_major, _target_programs, get_config
     from vs_vllm.kernels.gather import _launch_gather
@@ -473,7 +478,7 @@ def breakdown_graph_columns(timer, args_sel, grids) -> dict:
     target = _target_programs(x.device, cfg)
     meta = _device_meta(plan, x.device, channels)
     part_s, part_c, n_ss, n_us = _launch_scores(x, meta.cu, wq, bq, wk, bk, plan, cfg, target)
-    sqrt_h = _math.sqrt(wq.shape[0])
+    sqrt_h = math.sqrt(wq.shape[0])
     _, indices = _launch_select(part_s, part_c, meta.cu, meta.cuk, x.shape[0], n_ss, n_us, sqrt_h, plan, cfg)
     calls = {
         "meta": lambda: _device_meta(plan, x.device, channels),
@@ -482,13 +487,8 @@ def breakdown_graph_columns(timer, args_sel, grids) -> dict:
                                          cfg),
         "gather": lambda: _launch_gather(x, plan, meta, indices, cfg, target),
     }
-    notes = []
-    for part in BREAKDOWN_PARTS:
-        ms, _, note = timer.measure(calls[part], f"part_{part}")
-        out[f"{part}_graph_ms"] = round(ms, 4) if ms is not None else None
-        if note:
-            notes.append(f"{part}: {note}")
-    out["breakdown_note"] = "; ".join(notes)
+    times, out["breakdown_note"] = graph_times(timer, calls, "part_{}")
+    out.update({f"{part}_graph_ms": ms for part, ms in times.items()})
     return out
 
 

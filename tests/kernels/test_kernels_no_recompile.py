@@ -27,7 +27,8 @@ pytest.importorskip("triton")
 from vs_vllm.kernels import PositionChannels, gather_selected, select_tokens, select_tokens_mmr
 from vs_vllm.kernels import mmr_select as kmmr
 from vs_vllm.kernels import select as ksel
-from vs_vllm.kernels.compile_specs import gemv_buckets, unspecialized_args
+from vs_vllm.kernels.compile_specs import unspecialized_args
+from vs_vllm.kernels.score import gemv_buckets
 from vs_vllm.kernels.warmup import warm_up_selection, warmup_sizes
 
 D, H = 3584, 1792  # Qwen2.5-VL-7B's width; the scorer's hidden size

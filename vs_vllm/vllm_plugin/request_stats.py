@@ -2,9 +2,8 @@
 
 The HTTP middleware opens a :func:`collecting` scope around each request; the multimodal processor, running inside
 that request's context in the same API-server process, calls :func:`record_visual_tokens` once per image and once per
-video. Outside a
-scope (offline ``LLM``, the start-up warm-up and profiling) nothing is recorded, so /metrics counts client requests
-only.
+video. Outside a scope (offline ``LLM``, the start-up warm-up and profiling) nothing is recorded, so /metrics counts
+client requests only.
 """
 
 from __future__ import annotations

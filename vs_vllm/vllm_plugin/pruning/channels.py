@@ -26,11 +26,7 @@ __all__ = ["MAX_COORDINATE", "NUM_POSITION_CHANNELS", "check_grid_fits", "decode
            "unpositioned", "with_channels"]
 
 decode_channels = decode_position_channels
-
-
-def check_grid_fits(grid: Sequence[int], t_factor: float = 1.0) -> None:
-    """Host-side bound check (instead of reading the coordinates back from the device)."""
-    check_coordinates(grid, t_factor)
+check_grid_fits = check_coordinates  # host-side bound check of a grid (instead of reading coordinates back)
 
 
 def with_channels(rows: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

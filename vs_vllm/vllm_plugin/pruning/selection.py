@@ -114,17 +114,24 @@ def packed_rows(items: Sequence[torch.Tensor]) -> torch.Tensor:
     buffer (how a vision tower's output is split per item), a concatenation otherwise."""
     if len(items) == 1:
         return items[0]
+    if not _consecutive_views(items):
+        return torch.cat(list(items))
+    first = items[0]
+    total = sum(int(t.shape[0]) for t in items)
+    return first.as_strided((total, first.shape[1]), (first.shape[1], 1))
+
+
+def _consecutive_views(items: Sequence[torch.Tensor]) -> bool:
+    """Whether ``items`` are 2-D row-major tensors of one dtype and width that follow each other in one storage."""
     first = items[0]
     try:
-        storage = first.untyped_storage().data_ptr()
-        offset = first.storage_offset()
+        storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
         for t in items:
             if (t.dtype != first.dtype or t.device != first.device or t.dim() != 2 or t.shape[1] != first.shape[1]
                     or not t.is_contiguous() or t.untyped_storage().data_ptr() != storage
                     or t.storage_offset() != offset):
-                raise LookupError
+                return False
             offset += t.numel()
-    except (LookupError, RuntimeError, NotImplementedError):  # not views of one buffer (or no storage to look at)
-        return torch.cat(list(items))
-    total = sum(int(t.shape[0]) for t in items)
-    return first.as_strided((total, first.shape[1]), (first.shape[1], 1))
+    except (RuntimeError, NotImplementedError):  # a tensor without a storage to look at (e.g. a wrapper subclass)
+        return False
+    return True
