@@ -1,4 +1,12 @@
-"""Shared test setup: offline environment, Triton interpreter on CPU, one tiny model and one vLLM server per session."""
+"""Shared test setup: offline environment, Triton interpreter on CPU, the vLLM model runner under test, tiny models and
+the vLLM servers shared by a session.
+
+``--runner v1|mrv2`` (or ``VS_VLLM_TEST_RUNNER``) picks the vLLM model runner every engine of the session runs:
+vLLM's own switch ``VLLM_USE_V2_MODEL_RUNNER`` is set to 0 or 1 for the session and every process it starts, and every
+shared server is checked to run that runner (its log says "Using V2 Model Runner" exactly when MRv2 runs). On this
+CPU build, MRv2 runs through the test-bed shim that ``make setup`` installs (``vs_vllm/envsetup/mrv2_testbed.py``).
+``make test`` runs the whole suite on V1, then every test marked ``runner_matrix`` again on MRv2.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +34,58 @@ from pathlib import Path
 
 import pytest
 
+RUNNERS = ("v1", "mrv2")
+RUNNER_ENV = "VS_VLLM_TEST_RUNNER"
+#: vLLM's own log line for MRv2 (``cpu_worker.py`` / ``gpu_worker.py``); V1 logs nothing of the kind.
+MRV2_LOG_LINE = "Using V2 Model Runner"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runner", choices=RUNNERS, default=os.environ.get(RUNNER_ENV, "v1"),
+        help=f"vLLM model runner for every engine of the session (default: ${RUNNER_ENV} or v1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    runner = config.getoption("--runner")
+    # Every vLLM process the session starts inherits vLLM's own switch, so stock `vllm serve`, `vs-vllm serve` and
+    # in-process engines all run the runner under test.
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if runner == "mrv2" else "0"
+    os.environ[RUNNER_ENV] = runner
+    if runner == "mrv2":
+        # Child processes get the test bed from its .pth line at start-up; this process started before the switch.
+        from vs_vllm.envsetup.mrv2_testbed import install
+
+        install()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"vLLM model runner: {config.getoption('--runner')} (VLLM_USE_V2_MODEL_RUNNER={os.environ['VLLM_USE_V2_MODEL_RUNNER']})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    runner = config.getoption("--runner")
+    for item in items:
+        only = item.get_closest_marker("runner_only")
+        if only is not None and runner not in only.args:
+            item.add_marker(pytest.mark.skip(reason=f"runs only on the {'/'.join(only.args)} runner: {only.kwargs.get('why', '')}"))
+
+
+@pytest.fixture(scope="session")
+def vllm_runner(pytestconfig: pytest.Config) -> str:
+    """The vLLM model runner of this session: "v1" or "mrv2"."""
+    return pytestconfig.getoption("--runner")
+
+
+def check_runner(server, runner: str | None = None):
+    """``server`` (started) runs the session's model runner, by vLLM's own log line; returns the server."""
+    runner = runner or os.environ[RUNNER_ENV]
+    log = server.log_path.read_text(errors="replace")
+    ran = "mrv2" if MRV2_LOG_LINE in log else "v1"
+    assert ran == runner, f"server on port {server.port} runs the {ran} runner, the session tests {runner}"
+    return server
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -45,7 +105,7 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     server = VLLMServer(tiny_model_dir, tiny_serve_args(max_images=4, max_videos=2), log_path=log)
-    server.start()
+    check_runner(server.start())
     try:
         yield server
     finally:
@@ -92,7 +152,7 @@ def start_plugin_server(tmp_path_factory: pytest.TempPathFactory):
             command=[sys.executable, "-m", "vs_vllm", "serve"],
         )
         started.append(server)
-        return server.start()
+        return check_runner(server.start())
 
     try:
         yield start
@@ -161,7 +221,7 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
     def _run(server: VLLMServer) -> VLLMServer:
         if server.proc is None:
             running.append(server)
-            server.start()
+            check_runner(server.start())
         return server
 
     def get(arch: str):

@@ -19,7 +19,7 @@ import pytest
 from vs_vllm.testing.server import cpu_env
 from vs_vllm.vllm_plugin.pruning.encoder_budget import plan_micro_batches
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 SCRIPT = textwrap.dedent(
     """

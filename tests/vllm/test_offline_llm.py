@@ -13,7 +13,7 @@ import torch
 from vs_vllm.testing.images import noise_image
 from vs_vllm.testing.server import cpu_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
           "<|vision_start|><|image_pad|><|vision_end|>What colour is the shape?<|im_end|>\n<|im_start|>assistant\n")

@@ -32,7 +32,7 @@ import pytest
 from vs_vllm.testing.client import chat_messages
 from vs_vllm.testing.images import noise_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 CASES = [  # (ratio, method, images)
     (1.0, "visionselector", 1), (0.5, "visionselector", 2), (0.3, "visionselector_mmr", 3), (0.2, "uniform", 1),

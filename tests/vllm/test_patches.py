@@ -22,13 +22,54 @@ def _run(code: str, **env: str) -> dict:
 def test_version_gate() -> None:
     from vs_vllm.vllm_plugin.patches import UnsupportedVLLMVersion, check_vllm_version
 
-    for ok in ("0.32.0", "0.32.0+cpu", "0.32.7", "0.33.0", "0.33.2+cu130"):
+    for ok in ("0.32.0", "0.32.0+cpu", "0.32.7", "0.33.0", "0.33.2+cu130", "0.34.0", "0.34.1+cu130"):
         assert check_vllm_version(ok) == ok
-    for bad in ("0.31.2", "0.34.0", "1.0.0", "0.3.32"):
+    for bad in ("0.31.2", "0.35.0", "1.0.0", "0.3.32"):
         with pytest.raises(UnsupportedVLLMVersion) as info:
             check_vllm_version(bad)
         message = str(info.value)
-        assert bad in message and "0.32" in message and "0.33" in message and "VS_VLLM_ENABLE" in message
+        assert bad in message and "0.32" in message and "0.34" in message and "<0.35" in message
+        assert "VS_VLLM_ENABLE" in message
+
+
+def test_runtime_patches_are_armed_by_version_and_platform(monkeypatch) -> None:
+    import vs_vllm.vllm_plugin.patches.post_import as post_import
+    from vs_vllm.vllm_plugin.patches import install_runtime_patches
+
+    armed = []
+    monkeypatch.setattr(post_import, "run_after_import", lambda module, fn: armed.append(module))
+    on_032_cpu = install_runtime_patches("0.32.0+cpu", is_cpu=True)
+    assert armed == ["vllm.renderers.base", "vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.cpu_model_runner"]
+    assert all(status.startswith("armed") for status in on_032_cpu.values())
+    armed.clear()
+    on_033_gpu = install_runtime_patches("0.33.1", is_cpu=False)
+    assert armed == ["vllm.renderers.base", "vllm.v1.worker.gpu_model_runner"]
+    assert on_033_gpu["cpu_runner"].startswith("not needed")
+    armed.clear()
+    on_034 = install_runtime_patches("0.34.0", is_cpu=True)
+    assert armed == ["vllm.renderers.base"]  # 0.34 deleted the V1 runner both other patches target
+    assert "not needed on vLLM 0.34" in on_034["media_steps"] and "not needed on vLLM 0.34" in on_034["cpu_runner"]
+
+
+@pytest.mark.parametrize("patcher,symbol", [
+    ("renderer_context:propagate_context_to_renderer", "vllm.renderers.base:make_async"),
+    ("media_steps:patch_media_steps", "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings"),
+    ("cpu_runner:patch_cpu_runner", "vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model"),
+])
+def test_a_patch_whose_target_moved_fails_naming_the_symbol(patcher, symbol) -> None:
+    """Never a silent return: the error names the vLLM symbol and how to serve without the plugin."""
+    import importlib
+    import types
+
+    from vs_vllm.vllm_plugin.patches import PatchTargetMissing
+
+    module, _, func = patcher.partition(":")
+    patch = getattr(importlib.import_module(f"vs_vllm.vllm_plugin.patches.{module}"), func)
+    empty = types.SimpleNamespace(GPUModelRunner=type("GPUModelRunner", (), {}),
+                                  CPUModelRunner=type("CPUModelRunner", (), {}))
+    with pytest.raises(PatchTargetMissing, match="VS_VLLM_ENABLE") as info:
+        patch(empty)
+    assert symbol in str(info.value)
 
 
 def test_post_import_hook_runs_once_after_the_module_executes(tmp_path, monkeypatch) -> None:

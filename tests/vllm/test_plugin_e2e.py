@@ -19,7 +19,7 @@ from vs_vllm.selection.budget import keep_count
 from vs_vllm.testing.client import chat_messages, openai_client
 from vs_vllm.testing.images import noise_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 QUESTION = "What colour is the shape?"
 MAX_TOKENS = 8

@@ -22,7 +22,7 @@ from vs_vllm.testing.client import chat_messages
 from vs_vllm.testing.fuzz import GUARDED_PATHS, PATHS, bodies, for_path, raw_bodies
 from vs_vllm.testing.images import noise_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 IMAGE_CHAT = chat_messages([noise_image(84, 56, seed=1)], "What is in the picture?")
 #: (path, status) of every fuzzed answer: the fuzz must also reach the engine, not only the refusals.

@@ -9,7 +9,7 @@ import pytest
 
 from vs_vllm.testing.images import noise_image, to_data_url
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 QUESTION = "What colour is the shape?"
 

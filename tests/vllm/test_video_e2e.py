@@ -17,7 +17,7 @@ from vs_vllm.selection.budget import keep_count
 from vs_vllm.testing.client import chat_messages, openai_client
 from vs_vllm.testing.images import noise_image, noise_video
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
 
 QUESTION = "What happens in the video?"
 MAX_TOKENS = 8

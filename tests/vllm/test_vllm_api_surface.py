@@ -1,4 +1,6 @@
-"""Every vLLM symbol the plugin relies on beyond the documented surface exists, with the signature we use.
+"""Every vLLM symbol the plugin relies on beyond the documented surface exists, with the signature we use, on the
+installed vLLM (0.32, the CPU build) and on vLLM 0.34's Python (unpacked by ``make setup``; imported in a separate
+interpreter, without its compiled kernels).
 
 The table lives in ``vs_vllm.vllm_plugin.patches`` (PRIVATE_API + PUBLIC_HOOKS) and each adapter's ``private_api``;
 a new vLLM minor that moves or re-shapes one of them fails here, by name, instead of at serve time.
@@ -6,80 +8,86 @@ a new vLLM minor that moves or re-shapes one of them fails here, by name, instea
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from vs_vllm.vllm_plugin.patches import PRIVATE_API, PUBLIC_HOOKS, SUPPORTED_VLLM, ApiTouch, installed_vllm_version
-
-
-def _adapter_touches() -> list[ApiTouch]:
-    from vs_vllm.vllm_plugin.adapters import ADAPTERS, load_model_class
-
-    touches = []
-    for arch in ADAPTERS:
-        touches.extend(load_model_class(arch).vs_adapter.private_api)
-    return touches
-
-
-def _resolve(symbol: str):
-    module_name, _, qualname = symbol.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        if isinstance(obj, type) and part not in dir(obj) and part in getattr(obj, "__annotations__", {}):
-            return inspect.Parameter.empty  # a dataclass field declared with init=False: present as an annotation
-        obj = getattr(obj, part)
-    return obj
-
-
-def _minor() -> str:
-    return ".".join(installed_vllm_version().split("+")[0].split(".")[:2])
-
+from vs_vllm.envsetup.vllm_sources import PINNED_WHEELS, vllm_python_dir
+from vs_vllm.vllm_plugin.patches import (
+    PRIVATE_API,
+    PUBLIC_HOOKS,
+    RUNNERS,
+    RUNTIME_PATCHES,
+    SUPPORTED_VLLM,
+    installed_vllm_version,
+    touches_for,
+)
+from vs_vllm.vllm_plugin.patches.surface import adapter_touches, check_override, check_touch, resolve
 
 ALL = [*PRIVATE_API, *PUBLIC_HOOKS]
 
 
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
 @pytest.mark.parametrize("touch", ALL, ids=[t.symbol.split(":")[1] for t in ALL])
-def test_symbol_exists_with_expected_signature(touch: ApiTouch) -> None:
-    if _minor() not in touch.versions:
+def test_symbol_exists_with_expected_signature(touch) -> None:
+    if _minor(installed_vllm_version()) not in touch.versions:
         pytest.skip(f"{touch.symbol} is only used on vLLM {touch.versions}")
-    obj = _resolve(touch.symbol)
-    if touch.params is not None:
-        params = tuple(inspect.signature(obj).parameters)
-        assert params == touch.params, f"{touch.symbol}: vLLM has {params}, vs-vllm ({touch.where}) uses {touch.params}"
+    assert check_touch(touch) is None
 
 
 def test_adapter_protected_calls_exist() -> None:
-    touches = _adapter_touches()
+    touches = touches_for(adapter_touches(), installed_vllm_version())
     assert touches, "the adapters declare the protected model methods they call"
-    for touch in touches:
-        params = tuple(inspect.signature(_resolve(touch.symbol)).parameters)
-        assert params == touch.params, f"{touch.symbol}: vLLM has {params}, {touch.where} uses {touch.params}"
+    assert [p for p in map(check_touch, touches) if p] == []
 
 
 def test_installed_vllm_is_supported_and_table_is_documented() -> None:
-    assert _minor() in SUPPORTED_VLLM
-    for touch in ALL:
-        assert touch.kind in ("patch", "override", "call") and touch.why and touch.where
+    assert _minor(installed_vllm_version()) in SUPPORTED_VLLM
+    for touch in [*ALL, *adapter_touches()]:
+        assert touch.kind in ("patch", "override", "call", "relies") and touch.why and touch.where
+        assert set(touch.versions) <= set(SUPPORTED_VLLM) and set(touch.runners) <= set(RUNNERS), touch.symbol
+    for patch in RUNTIME_PATCHES:
+        assert any(t.symbol == patch.target and t.kind == "patch" for t in PRIVATE_API), \
+            f"runtime patch {patch.name} targets {patch.target}, which PRIVATE_API does not list"
 
 
 def test_overrides_keep_the_base_signatures() -> None:
     """Our mixins' overrides of protected hooks accept what vLLM passes."""
-    from vs_vllm.vllm_plugin.media_connector import ClientErrorMediaConnector
-    from vs_vllm.vllm_plugin.pruning.model import PruningModelMixin
-    from vs_vllm.vllm_plugin.pruning.processor import PruningProcessorMixin
+    overrides = [t for t in touches_for(ALL, installed_vllm_version()) if t.kind == "override"]
+    assert overrides
+    assert [p for p in map(check_override, overrides) if p] == []
 
-    for touch in ALL:
-        if touch.kind != "override":
-            continue
-        name = touch.symbol.rsplit(".", 1)[1]
-        owners = [ClientErrorMediaConnector] if "MediaConnector" in touch.symbol else [PruningProcessorMixin,
-                                                                                        PruningModelMixin]
-        ours = next((vars(cls)[name] for cls in owners if name in vars(cls)), None)
-        assert ours is not None, f"{name} is listed as overridden but no mixin defines it"
-        theirs = inspect.signature(_resolve(touch.symbol))
-        bound = [p for p in theirs.parameters.values() if p.kind is not p.VAR_KEYWORD and p.name != "self"]
-        # every positional/keyword parameter vLLM declares can be bound to ours
-        inspect.signature(ours).bind(None, *[object() for p in bound if p.kind is not p.KEYWORD_ONLY],
-                                     **{p.name: object() for p in bound if p.kind is p.KEYWORD_ONLY})
+
+def test_runtime_patch_targets_exist_where_they_are_armed() -> None:
+    version = installed_vllm_version()
+    for patch in RUNTIME_PATCHES:
+        if _minor(version) in patch.versions:
+            assert resolve(patch.target) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", sorted(PINNED_WHEELS))
+def test_surface_matches_a_newer_vllm(version) -> None:
+    """The same checks, in an interpreter that imports vLLM ``version``'s Python instead of the installed build."""
+    root = vllm_python_dir(version)
+    assert (root / "vllm" / "__init__.py").exists(), (
+        f"vLLM {version}'s Python is not unpacked at {root}: run `make setup` (it downloads the pinned wheel)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.pop("VS_VLLM_ENABLE", None)
+    proc = subprocess.run([sys.executable, "-m", "vs_vllm.vllm_plugin.patches.surface"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["vllm"] == version
+    assert report["problems"] == []
+    # What matters only on that version was checked there: its MRv2 CPU pruner and the Qwen3.5 CUDA class.
+    checked = set(report["checked"])
+    assert "vllm.v1.worker.cpu.mm_pruning:maybe_create_mm_pruner" in checked
+    assert any(s.startswith("vllm.models.qwen3_5.nvidia.model:") for s in checked)
+    assert not any("gpu_model_runner:" in s for s in checked), "V1-runner entries must not be checked on 0.34"

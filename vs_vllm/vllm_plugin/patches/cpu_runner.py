@@ -5,7 +5,9 @@ What: ``vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model``, wrapped: af
 Why: the CPU runner replaces ``load_model`` and never sets the flag, so on CPU the hook is never called (vllm-ascend
 #11067 hit the same gap). Applied only on the CPU platform, when vLLM imports the runner (importing it eagerly costs
 ~5 s in processes that never run a model).
-Versions: vLLM 0.32.x (0.33.x has no CPU build; the file is unchanged in its wheel).
+Versions: vLLM 0.32.x, V1 runner only (0.33.x has no CPU build, the file is unchanged in its wheel; 0.34 deleted the
+V1 runner). Model Runner V2 needs no patch: it creates its pruner from the model config's flag
+(``maybe_create_mm_pruner``), which ``pruning_flag.py`` sets.
 """
 
 from __future__ import annotations
@@ -13,27 +15,23 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from vs_vllm.vllm_plugin.patches.post_import import run_after_import
 
-__all__ = ["CPU_RUNNER_MODULE", "patch_cpu_runner", "patch_cpu_runner_when_imported", "runner_pruning_flag"]
+__all__ = ["CPU_RUNNER_MODULE", "patch_cpu_runner", "runner_pruning_flag"]
 
 CPU_RUNNER_MODULE = "vllm.v1.worker.cpu_model_runner"
 PATCH_MARK = "__vs_vllm_patched__"
 
 
-def patch_cpu_runner_when_imported() -> None:
-    run_after_import(CPU_RUNNER_MODULE, lambda module: patch_cpu_runner(module))
-
 
 def patch_cpu_runner(cpu_model_runner: Any = None) -> bool:
-    """Idempotent. True when the patch is (now) in place, False when this vLLM has no CPU runner."""
+    """Idempotent. True when the patch is (now) in place; ``PatchTargetMissing`` naming the symbol otherwise."""
+    from vs_vllm.vllm_plugin.patches import require_attr
+
     if cpu_model_runner is None:
-        try:
-            from vllm.v1.worker import cpu_model_runner
-        except ImportError:
-            return False
-    runner_cls = cpu_model_runner.CPUModelRunner
-    original = runner_cls.load_model
+        from vllm.v1.worker import cpu_model_runner
+    symbol = f"{CPU_RUNNER_MODULE}:CPUModelRunner.load_model"
+    runner_cls = require_attr(cpu_model_runner, "CPUModelRunner", symbol)
+    original = require_attr(runner_cls, "load_model", symbol)
     if getattr(original, PATCH_MARK, False):
         return True
 

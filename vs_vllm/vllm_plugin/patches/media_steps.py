@@ -12,7 +12,9 @@ Skipping is exact: a window without media rows leaves the positions unchanged, a
 return equals the one already stored -- text positions are exact from ``get_mrope_input_positions`` and the last
 media chunk's hook call stored the final delta (a prompt that ends inside a media span has that span's last rows in
 its last window, so the hook runs there).
-Versions: vLLM 0.32.x and 0.33.x (the V1 runner's loop is the same in both).
+Versions: vLLM 0.32.x and 0.33.x, V1 runner only (the V1 runner's loop is the same in both; 0.34 deleted it). Model
+Runner V2 needs no patch: its pruner calls the hook only for requests with media rows in the step's window
+(``MultiModalPruner.recompute``); ``tests/vllm/test_mrv2_hook.py`` shows it.
 """
 
 from __future__ import annotations
@@ -20,24 +22,23 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from vs_vllm.vllm_plugin.patches.post_import import run_after_import
 
-__all__ = ["GPU_RUNNER_MODULE", "patch_media_steps", "patch_media_steps_when_imported", "step_has_media_rows"]
+__all__ = ["GPU_RUNNER_MODULE", "patch_media_steps", "step_has_media_rows"]
 
 GPU_RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
 PATCH_MARK = "__vs_vllm_patched__"
 
 
-def patch_media_steps_when_imported() -> None:
-    run_after_import(GPU_RUNNER_MODULE, lambda module: patch_media_steps(module))
-
 
 def patch_media_steps(gpu_model_runner: Any = None) -> bool:
-    """Idempotent. True when the patch is (now) in place."""
+    """Idempotent. True when the patch is (now) in place; ``PatchTargetMissing`` naming the symbol otherwise."""
+    from vs_vllm.vllm_plugin.patches import require_attr
+
     if gpu_model_runner is None:
         from vllm.v1.worker import gpu_model_runner
-    runner_cls = gpu_model_runner.GPUModelRunner
-    original = runner_cls._gather_mm_embeddings
+    symbol = f"{GPU_RUNNER_MODULE}:GPUModelRunner._gather_mm_embeddings"
+    runner_cls = require_attr(gpu_model_runner, "GPUModelRunner", symbol)
+    original = require_attr(runner_cls, "_gather_mm_embeddings", symbol)
     if getattr(original, PATCH_MARK, False):
         return True
 

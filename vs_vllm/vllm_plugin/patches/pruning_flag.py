@@ -4,7 +4,8 @@ What: ``MultiModalConfig.is_multimodal_pruning_enabled`` (vllm/config/multimodal
 attribute on *this model's* config object only — never the class, never other models.
 Why: vLLM gates its pruning hook (the runners' call of ``recompute_mrope_positions``, MRv2's
 ``maybe_create_mm_pruner``) on that method, which knows only video pruning (``video_pruning_rate > 0``).
-Versions: vLLM 0.32.x and 0.33.x (method unchanged between them).
+Versions: vLLM 0.32.x, 0.33.x and 0.34.x (method unchanged), both runners: V1 reads it for its runner flag, MRv2's
+``maybe_create_mm_pruner`` (GPU, and 0.34's CPU copy) reads it to create its pruner.
 """
 
 from __future__ import annotations

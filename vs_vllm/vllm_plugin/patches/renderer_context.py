@@ -5,7 +5,7 @@ context (what ``asyncio.to_thread`` does). Same executor, same thread-safety; on
 Why: the API server runs the multimodal processor on a thread pool via ``loop.run_in_executor``, which drops
 ``contextvars``; the processor reports each request's kept/total visual tokens through a contextvar that the HTTP
 middleware opened (``request_stats.py``).
-Versions: vLLM 0.32.x and 0.33.x (``renderers/base.make_async`` unchanged).
+Versions: vLLM 0.32.x, 0.33.x and 0.34.x (``renderers/base.make_async`` unchanged), both runners.
 """
 
 from __future__ import annotations
@@ -15,28 +15,21 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from vs_vllm.vllm_plugin.patches.post_import import run_after_import
 
-__all__ = ["RENDERER_MODULE", "propagate_context_to_renderer", "propagate_context_to_renderer_when_imported"]
+__all__ = ["RENDERER_MODULE", "propagate_context_to_renderer"]
 
 RENDERER_MODULE = "vllm.renderers.base"
 PATCH_MARK = "__vs_vllm_patched__"
 
 
-def propagate_context_to_renderer_when_imported() -> None:
-    run_after_import(RENDERER_MODULE, lambda module: propagate_context_to_renderer(module))
-
 
 def propagate_context_to_renderer(renderer_base: Any = None) -> bool:
-    """Idempotent; False if vLLM moved ``make_async``."""
+    """Idempotent; raises ``PatchTargetMissing`` naming the symbol if vLLM moved ``make_async``."""
+    from vs_vllm.vllm_plugin.patches import require_attr
+
     if renderer_base is None:
-        try:
-            from vllm.renderers import base as renderer_base
-        except ImportError:
-            return False
-    original = getattr(renderer_base, "make_async", None)
-    if original is None:
-        return False
+        from vllm.renderers import base as renderer_base
+    original = require_attr(renderer_base, "make_async", "vllm.renderers.base:make_async")
     if getattr(original, PATCH_MARK, False):
         return True
 
