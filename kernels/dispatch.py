@@ -8,10 +8,21 @@ Backend rule (first match wins):
    CPU tensors use Triton only when ``TRITON_INTERPRET=1`` (tests); every other case uses torch.
 4. Automatic calls with more than 65535 images use torch (CUDA grid limit). ``select_tokens_mmr`` uses torch on
    automatic calls unless ``VS_VLLM_MMR_TRITON=1`` (its kernel is not yet measured on a GPU; see the function).
-5. If the automatic Triton path fails before it ever succeeded for that (device type, dtype), one RuntimeWarning
-   says why and that combination uses torch from then on — unless ``VS_VLLM_STRICT_KERNELS=1`` (strict mode, which
-   every test session and ``make gpu-check`` use): then the failure raises, so a broken kernel can never pass a test
-   as the torch fallback.
+5. If the automatic Triton path of one operation (``select``, ``gather`` or ``select_mmr``) fails before it ever
+   succeeded for that (operation, device type, dtype), that combination uses torch from then on. The fallback is
+   loud: the first failure logs one ERROR line with the cause (exception type and message, traceback attached) on
+   the ``vllm.plugins.vs_vllm.kernels`` logger and emits one RuntimeWarning; every call the torch fallback answers is
+   counted (:func:`fallback_counts`) and reported to the functions registered with :func:`add_fallback_listener`
+   (the vLLM plugin turns them into ``vs_vllm:kernel_fallbacks_total`` and ``vs_vllm_kernels_healthy`` on
+   ``/metrics``). The other operations keep their Triton kernels: one kernel that cannot run on a device (its shared
+   memory, say) does not slow the others down. A failure after the combination once succeeded is raised, not
+   hidden. With ``VS_VLLM_STRICT_KERNELS=1`` (strict mode, which every test session and ``make gpu-check`` use)
+   every failure raises, so a broken kernel can never pass a test as the torch fallback.
+
+Test hook: ``VS_VLLM_INJECT_KERNEL_FAULT=select`` (a comma-separated list of operations, or ``all``) makes the Triton
+path of those operations raise before it launches anything, exactly where a real launch failure would, so the
+fallback, its log line and its metrics can be checked on a real server. It is read on every Triton attempt; never
+set it outside tests.
 
 Importing this module does not import triton; the first Triton call does.
 """
@@ -19,9 +30,11 @@ Importing this module does not import triton; the first Triton call does.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -39,9 +52,14 @@ from .reference import gather_with_plan_ref, select_with_scores_ref
 
 __all__ = [
     "FORCE_TORCH_ENV",
+    "INJECT_FAULT_ENV",
+    "OPS",
     "STRICT_ENV",
     "PositionChannels",
     "Selection",
+    "add_fallback_listener",
+    "fallback_counts",
+    "fallback_reason",
     "gather_selected",
     "is_strict",
     "reset_fallbacks",
@@ -54,11 +72,20 @@ FORCE_TORCH_ENV = "VS_VLLM_FORCE_TORCH_SELECT"
 STRICT_ENV = "VS_VLLM_STRICT_KERNELS"
 #: Opt-in for the MMR Triton kernel on automatic calls (``select_tokens_mmr``); torch otherwise.
 MMR_TRITON_ENV = "VS_VLLM_MMR_TRITON"
+#: Test hook: operations whose Triton path raises on purpose (see the module docstring).
+INJECT_FAULT_ENV = "VS_VLLM_INJECT_KERNEL_FAULT"
+#: The operations with a Triton kernel, as named in logs and in the ``op`` label of the fallback metric.
+OPS = ("select", "gather", "select_mmr")
 _BACKENDS = ("torch", "triton")
 
+logger = logging.getLogger("vllm.plugins.vs_vllm.kernels")  # a child of vLLM's logger: its handler and format
+
+_Key = tuple[str, str, torch.dtype]  # (operation, device type, dtype)
 _lock = threading.Lock()
-_failed: dict[tuple[str, torch.dtype], str] = {}  # (device type, dtype) -> why the Triton path was given up
-_succeeded: set[tuple[str, torch.dtype]] = set()
+_failed: dict[_Key, str] = {}  # -> why the Triton path was given up ("RuntimeError: ...")
+_succeeded: set[_Key] = set()
+_fallback_calls: dict[_Key, int] = {}  # calls the torch fallback answered
+_listeners: list[Callable[[str, str, str], None]] = []
 
 
 def _env_flag(name: str) -> bool:
@@ -92,52 +119,114 @@ def is_strict() -> bool:
     return _env_flag(STRICT_ENV)
 
 
-def resolve_backend(x: torch.Tensor, backend: str | None = None) -> str:
-    """``"torch"`` or ``"triton"``: the backend a call with these arguments would use now."""
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_op(op: str) -> None:
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+
+
+def _choose(x: torch.Tensor, backend: str | None, op: str) -> tuple[str, bool]:
+    """(backend, whether it is torch only because ``op``'s Triton path failed on this device type and dtype)."""
+    _check_op(op)
     if backend is not None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
-        return backend
+        return backend, False
     if _env_flag(FORCE_TORCH_ENV):
-        return "torch"
+        return "torch", False
     choice = _auto_backend(x)
-    if choice == "triton" and (x.device.type, x.dtype) in _failed and not is_strict():
-        return "torch"
-    return choice
+    if choice == "triton" and (op, x.device.type, x.dtype) in _failed and not is_strict():
+        return "torch", True
+    return choice, False
+
+
+def resolve_backend(x: torch.Tensor, backend: str | None = None, op: str = "select") -> str:
+    """``"torch"`` or ``"triton"``: the backend a call of ``op`` (one of :data:`OPS`; ``select_tokens``' by default)
+    with these arguments would use now. ``select_mmr`` is answered without its opt-in rule (see
+    :func:`select_tokens_mmr`)."""
+    return _choose(x, backend, op)[0]
+
+
+def fallback_reason(op: str, device_type: str, dtype: torch.dtype) -> str | None:
+    """Why ``op``'s Triton path was given up on this device type and dtype, or None while it has not been."""
+    with _lock:
+        return _failed.get((op, device_type, dtype))
+
+
+def fallback_counts() -> dict[tuple[str, str, str], int]:
+    """(operation, device type, dtype name) -> calls the torch fallback answered so far (the failing call included)."""
+    with _lock:
+        return {(op, dev, _dtype_name(dt)): n for (op, dev, dt), n in _fallback_calls.items()}
+
+
+def add_fallback_listener(listener: Callable[[str, str, str], None]) -> None:
+    """Call ``listener(op, device_type, dtype_name)`` after every call the torch fallback answers (once per
+    listener, however often it is added). A listener that raises is logged, never lets the call fail."""
+    with _lock:
+        if listener not in _listeners:
+            _listeners.append(listener)
 
 
 def reset_fallbacks() -> None:
-    """Forget every recorded Triton failure and success (tests)."""
+    """Forget every recorded Triton failure, success and fallback count (tests); listeners stay."""
     with _lock:
         _failed.clear()
         _succeeded.clear()
+        _fallback_calls.clear()
+
+
+def _injected_fault(op: str) -> None:
+    """The test hook: raise where a launch failure would if ``VS_VLLM_INJECT_KERNEL_FAULT`` names ``op``."""
+    wanted = {name.strip() for name in os.environ.get(INJECT_FAULT_ENV, "").split(",")}
+    if op in wanted or "all" in wanted:
+        raise RuntimeError(f"fault injected by {INJECT_FAULT_ENV}={os.environ[INJECT_FAULT_ENV]} (a test hook)")
+
+
+def _answered_by_fallback(key: _Key) -> None:
+    op, device, dtype = key[0], key[1], _dtype_name(key[2])
+    with _lock:
+        _fallback_calls[key] = _fallback_calls.get(key, 0) + 1
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(op, device, dtype)
+        except Exception:  # reporting must not turn a working fallback into a failed request
+            logger.exception("vs-vllm: a kernel-fallback listener failed")
 
 
 _MAX_TRITON_IMAGES = 65535  # CUDA grid-dimension limit (images are on grid axis 1)
 
 
-def _run(x: torch.Tensor, backend: str | None, triton_fn, torch_fn, num_images: int):
-    choice = resolve_backend(x, backend)
+def _run(op: str, x: torch.Tensor, backend: str | None, triton_fn, torch_fn, num_images: int):
+    choice, fell_back = _choose(x, backend, op)
+    key = (op, x.device.type, x.dtype)
+    if fell_back:
+        _answered_by_fallback(key)
     if choice == "torch" or (backend is None and num_images > _MAX_TRITON_IMAGES):
         return torch_fn()
-    key = (x.device.type, x.dtype)
     if backend == "triton" or is_strict():
+        _injected_fault(op)
         return triton_fn()
     try:
+        _injected_fault(op)
         out = triton_fn()
     except Exception as exc:
+        cause = f"{type(exc).__name__}: {exc}"
         with _lock:
             if key in _succeeded:
                 raise
             first = key not in _failed
-            _failed[key] = f"{type(exc).__name__}: {exc}"
+            _failed[key] = cause
         if first:
-            warnings.warn(
-                f"vs_vllm.kernels: the Triton selection kernels failed on {key[0]} {key[1]} "
-                f"({type(exc).__name__}: {exc}); using the torch implementation for {key[0]} {key[1]} from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            where = f"{key[1]} {_dtype_name(key[2])}"
+            logger.error("vs-vllm: the Triton %s kernel failed on %s (%s); %s calls on %s use the torch "
+                         "implementation from now on", op, where, cause, op, where, exc_info=exc)
+            warnings.warn(f"vs_vllm.kernels: the Triton {op} kernel failed on {where} ({cause}); using the torch "
+                          f"implementation for {op} on {where} from now on", RuntimeWarning, stacklevel=3)
+        _answered_by_fallback(key)
         return torch_fn()
     if key not in _succeeded:
         with _lock:
@@ -188,7 +277,7 @@ def select_tokens(
 
         return select_with_scores_triton(x, plan, q_weight, q_bias, k_weight, k_bias, **out)[0]
 
-    return _run(x, backend, run_triton, run_torch, plan.num_images)
+    return _run("select", x, backend, run_triton, run_torch, plan.num_images)
 
 
 def gather_selected(
@@ -220,7 +309,7 @@ def gather_selected(
 
         return gather_with_plan_triton(x, plan, indices, channels=channels)
 
-    return _run(x, backend, run_triton, run_torch, plan.num_images)
+    return _run("gather", x, backend, run_triton, run_torch, plan.num_images)
 
 
 def select_tokens_mmr(
@@ -273,7 +362,7 @@ def select_tokens_mmr(
 
         return select_mmr_with_plan_triton(x, plan, q_weight, q_bias, k_weight, k_bias, lams, **out)[0]
 
-    return _run(x, backend, run_triton, run_torch, plan.num_images)
+    return _run("select_mmr", x, backend, run_triton, run_torch, plan.num_images)
 
 
 __all__ += ["select_tokens_mmr"]

@@ -8,7 +8,9 @@ size (``score._gemv_blocks``: 1, 2, 4, ... ``gemv_block_b``). :func:`warmup_size
 to the largest image the server admits; :func:`warm_up_selection` runs the serving calls once per size (the
 VisionSelector chain and the gather of the other methods, both writing the engine's packed layout with position
 channels, and the MMR kernels when they are switched on), through the same dispatch as serving, and returns what it
-ran and how long it took.
+compiled, which operations failed (and why) and how long it took; :meth:`WarmUp.describe` says so in one line.
+A kernel that fails here takes dispatch's fallback like one that fails on a request: logged at ERROR, counted, and
+that operation runs the torch implementation from then on (strict mode raises instead).
 tests/kernels/test_kernels_no_recompile.py checks that a sweep of request shapes hits no variant outside this set.
 """
 
@@ -27,6 +29,21 @@ class WarmUp:
     backend: str  # the backend the calls resolved to ("torch": nothing to compile)
     sizes: tuple[int, ...]  # image sizes run, one per bucket
     seconds: float
+    compiled: tuple[tuple[str, str], ...] = ()  # (operation, variant: "256 tokens" / "4 images") that ran on Triton
+    failed: tuple[tuple[str, str], ...] = ()  # (operation, cause) whose Triton kernel failed: torch from now on
+    skipped: tuple[str, ...] = ()  # operations already on the torch fallback before the warm-up (nothing to compile)
+
+    def describe(self) -> str:
+        """One line for the log: what was compiled per operation, and what failed or was skipped, and why."""
+        if self.backend != "triton":
+            return "nothing compiled: the selection runs the torch implementation"
+        ops: dict[str, list[str]] = {}
+        for op, variant in self.compiled:
+            ops.setdefault(op, []).append(variant)
+        parts = [f"compiled {op} for {', '.join(variants)}" for op, variants in ops.items()]
+        parts += [f"FAILED {op} ({cause}): {op} runs the torch implementation" for op, cause in self.failed]
+        parts += [f"skipped {op}: already on the torch fallback" for op in self.skipped]
+        return "; ".join(parts) + f" ({self.seconds:.1f} s)"
 
 
 def warmup_sizes(max_tokens: int, row_stride: int, config=None) -> tuple[int, ...]:
@@ -71,34 +88,49 @@ def warm_up_selection(
     automatic, i.e. nothing to do off CUDA; tests pass "triton" to run the interpreter).
     """
     from .config import get_config
-    from .dispatch import gather_selected, resolve_backend, select_tokens, select_tokens_mmr
+    from .dispatch import fallback_reason, gather_selected, resolve_backend, select_tokens, select_tokens_mmr
     from .position_channels import PositionChannels
     from .score import gemv_buckets
 
     device = torch.device(device)
     probe = torch.empty(0, dtype=dtype, device=device)
-    resolved = resolve_backend(probe, backend)
-    if resolved != "triton":
-        return WarmUp(resolved, (), 0.0)
+    ops = ("select", "gather", "select_mmr") if mmr else ("select", "gather")
+    backends = {op: resolve_backend(probe, backend, op) for op in ops}
+    if "triton" not in backends.values():
+        return WarmUp(backends["select"], (), 0.0)
     t0 = time.perf_counter()
     sizes = warmup_sizes(max_tokens, width)
     gen = torch.Generator(device=device).manual_seed(0)
     channels = PositionChannels()  # the serving calls' packed layout
+    compiled: list[tuple[str, str]] = []
+    failed: dict[str, str] = {}
+
+    def attempt(op: str, variant: str, call, *args, **kwargs) -> None:
+        """``call(*args, **kwargs)`` if ``op`` is still on Triton; note whether it compiled or took the fallback."""
+        if op in failed or resolve_backend(probe, backend, op) != "triton":
+            return
+        call(*args, backend=backend, channels=channels, **kwargs)
+        if resolve_backend(probe, backend, op) == "triton":
+            compiled.append((op, variant))
+        else:  # dispatch caught the failure (and logged it): say which operation and why
+            failed[op] = fallback_reason(op, device.type, dtype) or "unknown"
+
     for n in sizes:
         x = torch.randn((n, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
         keep = max(1, n // 4)
         grids = [(1, 1, n)]
-        select_tokens(x, [0, n], [keep], *scorer_weights, grids=grids, backend=backend, channels=channels)
+        attempt("select", f"{n} tokens", select_tokens, x, [0, n], [keep], *scorer_weights, grids=grids)
         # the other methods' shared back end (indices from the host-side selection methods)
-        gather_selected(x, [0, n], torch.arange(keep, device=device), [0, keep], grids=grids, backend=backend,
-                        channels=channels)
+        attempt("gather", f"{n} tokens", gather_selected, x, [0, n], torch.arange(keep, device=device), [0, keep],
+                grids=grids)
         if mmr:
-            select_tokens_mmr(x, [0, n], [keep], *scorer_weights, [0.5], grids=grids, backend=backend,
-                              channels=channels)
+            attempt("select_mmr", f"{n} tokens", select_tokens_mmr, x, [0, n], [keep], *scorer_weights, [0.5],
+                    grids=grids)
     for images in gemv_buckets(get_config())[1:]:  # batches of several images: the mat-vecs' image-block variants
         x = torch.randn((images, width), generator=gen, device=device, dtype=torch.float32).to(dtype)
-        select_tokens(x, list(range(images + 1)), [1] * images, *scorer_weights, grids=[(1, 1, 1)] * images,
-                      backend=backend, channels=channels)
+        attempt("select", f"{images} images", select_tokens, x, list(range(images + 1)), [1] * images,
+                *scorer_weights, grids=[(1, 1, 1)] * images)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return WarmUp(resolved, sizes, time.perf_counter() - t0)
+    skipped = tuple(op for op in ops if backends[op] != "triton")
+    return WarmUp("triton", sizes, time.perf_counter() - t0, tuple(compiled), tuple(failed.items()), skipped)

@@ -28,6 +28,11 @@ from vs_vllm.selection.checkpoint import load_scorer
 from vs_vllm.selection.methods import needs_scorer
 from vs_vllm.selection.position_schemes import PositionScheme, get_position_scheme
 from vs_vllm.selection.scorer import TransformerScorer
+
+# Imported here, not where it is used: vLLM imports this module in the API-server process while it resolves the model
+# class, before it starts the engine, and importing metrics registers the collector that puts the kernel-health series
+# (fed by the engine's processes) on that process's /metrics from start-up.
+from vs_vllm.vllm_plugin import metrics
 from vs_vllm.vllm_plugin.options import ENV_SCORER, default_options
 from vs_vllm.vllm_plugin.patches.pruning_flag import enable_pruning_for
 from vs_vllm.vllm_plugin.pruning.adapter import ArchitectureAdapter
@@ -107,11 +112,12 @@ class PruningModelMixin:
         return loaded | scorer_names
 
     def _vs_warm_up_kernels(self) -> None:
-        """Compile every Triton selection-kernel variant this server can launch now, not on a request (GPU only)."""
+        """Compile every Triton selection-kernel variant this server can launch now, not on a request, and say in the
+        log what was compiled and what failed (a failed kernel falls back to torch: ERROR, and on /metrics)."""
+        # This process runs the kernels: its fallbacks, here or on any request, go to the server's /metrics.
+        metrics.watch_kernel_fallbacks()
         scorer = self.visual.importance_scorer
         weight = scorer.q_proj.weight
-        if weight.device.type != "cuda":
-            return
         from vs_vllm.kernels.dispatch import MMR_TRITON_ENV, _env_flag
         from vs_vllm.kernels.warmup import warm_up_selection
 
@@ -120,9 +126,11 @@ class PruningModelMixin:
         max_tokens = max(self.vs_encoder_budget or 0, self.vs_max_model_len)
         done = warm_up_selection(scorer.in_features, self.vs_dtype, weight.device, weights, max_tokens,
                                  mmr=_env_flag(MMR_TRITON_ENV))
-        if done.sizes:
-            logger.info("vs-vllm: Triton selection kernels warmed up for images of %s tokens in %.1f s",
-                        "/".join(map(str, done.sizes)), done.seconds)
+        where = f"{weight.device.type} {str(self.vs_dtype).removeprefix('torch.')}"
+        if done.failed:
+            logger.error("vs-vllm: Triton selection-kernel warm-up on %s: %s", where, done.describe())
+        else:
+            logger.info("vs-vllm: Triton selection-kernel warm-up on %s: %s", where, done.describe())
 
     # ---- encoder ---------------------------------------------------------------------------------------------------
 
