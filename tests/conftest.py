@@ -36,8 +36,6 @@ import pytest
 
 RUNNERS = ("v1", "mrv2")
 RUNNER_ENV = "VS_VLLM_TEST_RUNNER"
-#: vLLM's own log line for MRv2 (``cpu_worker.py`` / ``gpu_worker.py``); V1 logs nothing of the kind.
-MRV2_LOG_LINE = "Using V2 Model Runner"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,8 +79,7 @@ def vllm_runner(pytestconfig: pytest.Config) -> str:
 def check_runner(server, runner: str | None = None):
     """``server`` (started) runs the session's model runner, by vLLM's own log line; returns the server."""
     runner = runner or os.environ[RUNNER_ENV]
-    log = server.log_path.read_text(errors="replace")
-    ran = "mrv2" if MRV2_LOG_LINE in log else "v1"
+    ran = server.model_runner()
     assert ran == runner, f"server on port {server.port} runs the {ran} runner, the session tests {runner}"
     return server
 

@@ -2,7 +2,8 @@
 
 - pruning was switched on before the base ``__init__`` read it, and encoder CUDA graphs are off (their path skips
   ``embed_multimodal``, so pruned counts and position channels would be lost);
-- the runner's pruning flag is set (the CPU-runner patch) and the model carries vLLM's pruning marker;
+- the runner calls the pruning hook (V1: its pruning flag, set on the CPU by the CPU-runner patch; MRv2: it created
+  its ``MultiModalPruner``) and the model carries vLLM's pruning marker;
 - the vision tower is micro-batched within the encoder budget: with a budget small enough to force splitting, no
   tower call exceeds it and the outputs equal one unsplit call.
 """
@@ -81,7 +82,13 @@ SCRIPT = textwrap.dedent(
                   kv_cache_memory_bytes=128 * 1024 * 1024)
         result = llm.apply_model(inspect_model)[0]
         runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        result["runner_pruning_flag"] = bool(getattr(runner, "is_multimodal_pruning_enabled", False))
+        state = getattr(runner, "model_state", None)
+        if state is not None:  # Model Runner V2: the hook runs exactly when it created a pruner
+            result["runner"] = "mrv2"
+            result["runner_pruning_flag"] = getattr(state, "mm_pruner", None) is not None
+        else:
+            result["runner"] = "v1"
+            result["runner_pruning_flag"] = bool(getattr(runner, "is_multimodal_pruning_enabled", False))
         print("RESULT " + json.dumps(result))
 
     if __name__ == "__main__":
@@ -91,7 +98,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl"])
-def test_loaded_model_guards(arch, tiny_model_dir, tiny_qwen2_vl_dir, scorer_file, tmp_path) -> None:
+def test_loaded_model_guards(arch, tiny_model_dir, tiny_qwen2_vl_dir, scorer_file, tmp_path, vllm_runner) -> None:
     model_dir = {"qwen2_5_vl": tiny_model_dir, "qwen2_vl": tiny_qwen2_vl_dir}[arch]
     script = tmp_path / "inspect_loaded_model.py"
     script.write_text(SCRIPT)
@@ -103,6 +110,7 @@ def test_loaded_model_guards(arch, tiny_model_dir, tiny_qwen2_vl_dir, scorer_fil
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
 
+    assert result["runner"] == vllm_runner
     assert result["class"].startswith("Vs")
     assert result["cudagraph_modalities"] == []
     assert result["marker"] is True and result["runner_pruning_flag"] is True

@@ -1,4 +1,4 @@
-"""vLLM's own parallelism with the plugin on the CPU backend: tensor, data and pipeline parallel 2 (issue 14 item 1).
+"""vLLM's own parallelism with the plugin on the CPU backend: tensor, data and pipeline parallel 2.
 
 Each configuration serves the tiny model with two ranks, each rank a process bound to its own core
 (``VLLM_CPU_OMP_THREADS_BIND=0|1``), and must answer a mixed set of requests (ratios x methods x 1-3 images) with the
@@ -89,7 +89,7 @@ def one_process_answers(plugin_server):
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_parallel_serving_matches_one_process(one_process_answers, tiny_model_dir, scorer_file, tmp_path,
-                                              config) -> None:
+                                              config, vllm_runner) -> None:
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
     parallel_args, env, eager = CONFIGS[config]
@@ -101,6 +101,7 @@ def test_parallel_serving_matches_one_process(one_process_answers, tiny_model_di
                         startup_timeout=600)
     server.start()
     try:
+        assert server.model_runner() == vllm_runner
         answers = _answers(server, concurrent=config == "dp2")
         per_engine = _prompt_tokens_per_engine(server)
     finally:

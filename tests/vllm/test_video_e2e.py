@@ -33,7 +33,12 @@ MEDIA = {
     "video": ([], [(112, 112, 12)]),
     "image+video": ([(140, 196)], [(112, 84, 8)]),
     "two-videos": ([], [(112, 112, 6), (84, 140, 4)]),
+    # A video followed by an image in one prompt: vLLM's own video pruning (EVS) once mis-positioned the image after a
+    # pruned video (vLLM issue 27859).
+    "video+image": ([(140, 196)], [(112, 84, 8)]),
 }
+#: keys whose prompt puts the videos before the images
+VIDEOS_FIRST = {"video+image"}
 
 
 def _media(key):
@@ -65,7 +70,8 @@ def hf_reference(arch_setup, scorer_file):
         memo_key = (key, ratio, method, video_ratio, seed)
         if memo_key not in memo:
             images, videos = _media(key)
-            content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
+            image_parts, video_parts = [{"type": "image"} for _ in images], [{"type": "video"} for _ in videos]
+            content = video_parts + image_parts if key in VIDEOS_FIRST else image_parts + video_parts
             content.append({"type": "text", "text": QUESTION})
             prompt = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                               tokenize=False)
@@ -82,7 +88,8 @@ def hf_reference(arch_setup, scorer_file):
 def _chat(server, key, **options):
     images, videos = _media(key)
     return openai_client(server.base_url).chat.completions.create(
-        model="tiny", messages=chat_messages(images, QUESTION, videos=videos), max_tokens=MAX_TOKENS,
+        model="tiny", messages=chat_messages(images, QUESTION, videos=videos, videos_first=key in VIDEOS_FIRST),
+        max_tokens=MAX_TOKENS,
         temperature=0.0, extra_body={"return_token_ids": True, "ignore_eos": True, **options},
     )
 
@@ -114,7 +121,7 @@ def test_reference_at_ratio_one_is_stock_vllm(arch_setup, hf_reference) -> None:
 
 @pytest.mark.parametrize("arch_setup", LIGHT_ARCHS, indirect=True)
 @pytest.mark.parametrize("key,ratio", [("video", 0.5), ("video", 0.2), ("image+video", 0.3), ("two-videos", 0.3),
-                                       ("two-videos", 0.05)])
+                                       ("two-videos", 0.05), ("video+image", 0.3)])
 def test_pruned_video_matches_hf_reference(arch_setup, hf_reference, key, ratio) -> None:
     tokens, prompt_tokens, kept = hf_reference(key, ratio)
     full_tokens, full_prompt, _ = hf_reference(key, 1.0)
@@ -193,8 +200,41 @@ def test_same_video_at_changing_ratios_with_prefix_caching(arch_setup, hf_refere
 
 
 def test_chunked_prefill_through_a_video(arch_setup, chunked_plugin) -> None:
-    for key, ratio in [("video", 1.0), ("video", 0.3), ("image+video", 0.3), ("two-videos", 0.5)]:
+    for key, ratio in [("video", 1.0), ("video", 0.3), ("image+video", 0.3), ("two-videos", 0.5),
+                       ("video+image", 0.2)]:
         a = _chat(chunked_plugin, key, retention_ratio=ratio)
         b = _chat(arch_setup[3], key, retention_ratio=ratio)
         assert a.usage.prompt_tokens == b.usage.prompt_tokens
         assert a.choices[0].token_ids == b.choices[0].token_ids, (key, ratio)
+
+
+def test_video_then_image_with_both_pruned_matches_hf_reference(arch_setup, hf_reference) -> None:
+    """The image after a pruned video keeps its own tokens and positions (vLLM's EVS once broke exactly this)."""
+    tokens, prompt_tokens, kept = hf_reference("video+image", 0.5, video_ratio=0.1)
+    full_prompt = hf_reference("video+image", 1.0)[1]
+    resp = _chat(arch_setup[3], "video+image", retention_ratio=0.5, video_retention_ratio=0.1)
+    assert resp.usage.prompt_tokens == prompt_tokens < full_prompt
+    assert resp.choices[0].token_ids == tokens
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.2, 0.05])
+def test_qwen3_vl_timestamps_survive_pruning_and_placeholders_equal_the_kept_count(arch_setup, hf_reference,
+                                                                                   ratio) -> None:
+    """Qwen3-VL writes a timestamp and frame markers before every frame of a video. Pruning must keep all of them and
+    change only the number of video placeholders, to exactly the kept count (vLLM issue 30847: EVS counted the
+    timestamps into the pruned budget)."""
+    import json
+
+    if arch_setup[0] != "qwen3_vl":
+        pytest.skip("timestamps between frames are Qwen3-VL's video layout")
+    config = json.loads((arch_setup[1] / "config.json").read_text())
+    video_token = config["video_token_id"]
+    full = _chat(arch_setup[3], "video", retention_ratio=1.0).prompt_token_ids
+    pruned = _chat(arch_setup[3], "video", retention_ratio=ratio).prompt_token_ids
+    (size,) = _item_sizes(hf_reference, "video")
+    assert full.count(video_token) == size
+    assert pruned.count(video_token) == keep_count(size, ratio)
+    # everything else, timestamps and frame markers included, is the unpruned prompt's text, in order
+    assert [t for t in pruned if t != video_token] == [t for t in full if t != video_token]
+    frames = config["vision_start_token_id"]
+    assert pruned.count(frames) == full.count(frames) > 1

@@ -20,7 +20,10 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["VLLMServer", "cpu_env", "free_port", "running_server", "tiny_serve_args", "vllm_command"]
+#: vLLM's log line when a worker runs Model Runner V2 (``cpu_worker.py`` / ``gpu_worker.py``); V1 logs nothing like it.
+MRV2_LOG_LINE = "Using V2 Model Runner"
+
+__all__ = ["MRV2_LOG_LINE", "VLLMServer", "cpu_env", "free_port", "running_server", "tiny_serve_args", "vllm_command"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,6 +116,10 @@ class VLLMServer:
             self.stop()
             raise
         return self
+
+    def model_runner(self) -> str:
+        """The vLLM model runner this (started) server runs, from vLLM's own log line: "mrv2" or "v1"."""
+        return "mrv2" if MRV2_LOG_LINE in self.log_path.read_text(errors="replace") else "v1"
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
