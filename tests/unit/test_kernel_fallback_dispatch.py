@@ -43,7 +43,7 @@ def production(monkeypatch, tmp_path):
     for name in (dispatch.STRICT_ENV, dispatch.FORCE_TORCH_ENV, dispatch.INJECT_FAULT_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(dispatch, "_listeners", [])
-    monkeypatch.setattr(metrics, "_watching", [])
+    monkeypatch.setattr(metrics, "_watching", False)
     monkeypatch.setattr(metrics, "STATE_DIR", tmp_path / "health")
     dispatch.reset_fallbacks()
     yield

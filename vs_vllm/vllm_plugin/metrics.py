@@ -123,13 +123,15 @@ def _my_lineage() -> list[list]:
     return _lineage
 
 
-def _publish(op: str = "", device: str = "", dtype: str = "") -> None:
-    """Write this process's fallback counts to its file in ``STATE_DIR`` (a dispatch fallback listener)."""
+def _publish(*_fallback: str) -> None:
+    """Write this process's fallback counts to its file in ``STATE_DIR`` (a dispatch fallback listener, called with
+    the (op, device, dtype) of the call; the file holds all of them)."""
     from vs_vllm.kernels.dispatch import fallback_counts
 
-    state = {"lineage": _my_lineage(), "fallbacks": [[*key, n] for key, n in sorted(fallback_counts().items())]}
     path = STATE_DIR / f"{os.getpid()}.json"
-    with _write_lock:
+    with _write_lock:  # one snapshot after another: a slower thread never writes older counts last
+        counts = sorted(fallback_counts().items())
+        state = {"lineage": _my_lineage(), "fallbacks": [[*key, n] for key, n in counts]}
         STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -140,17 +142,18 @@ def _forget_own_file() -> None:
     (STATE_DIR / f"{os.getpid()}.json").unlink(missing_ok=True)
 
 
-_watching: list[bool] = []
+_watching = False
 
 
 def watch_kernel_fallbacks() -> None:
     """Report this process's kernel fallbacks to the ``/metrics`` of the server it belongs to (see the module
     docstring). Call it in the process that runs the kernels; calling it again does nothing."""
+    global _watching
     from vs_vllm.kernels.dispatch import add_fallback_listener
 
     if _watching:
         return
-    _watching.append(True)
+    _watching = True
     add_fallback_listener(_publish)
     atexit.register(_forget_own_file)
 
@@ -190,7 +193,7 @@ class _KernelHealthCollector:
         for labels, n in sorted(counts.items()):
             fallbacks.add_metric(list(labels), n)
         healthy = GaugeMetricFamily(
-            KERNELS_HEALTHY, "1 while every Triton selection kernel runs; 0 once any has fallen back to torch.",
+            KERNELS_HEALTHY, "0 once a selection kernel has failed and fallen back to torch; 1 until then.",
             value=0 if counts else 1)
         return [fallbacks, healthy]
 
