@@ -17,6 +17,9 @@ from vs_vllm.selection.positions import mrope_positions
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.testing.images import noise_image
 
+# transformers models (loaded or run): make test, not make test-fast.
+pytestmark = pytest.mark.slow
+
 QUESTION = "What colour is the shape?"
 TINY_HIDDEN = 256  # text hidden size (= vision out_hidden_size) of every tiny model
 

@@ -14,6 +14,9 @@ from vs_vllm.selection.positions import mrope_positions
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.testing.images import noise_image
 
+# transformers models (loaded or run): make test, not make test-fast.
+pytestmark = pytest.mark.slow
+
 QUESTION = "What colour is the shape?"
 
 SIZES = {

@@ -15,6 +15,9 @@ import torch
 from vs_vllm.selection.budget import keep_count
 from vs_vllm.testing.images import noise_image, noise_video
 
+# transformers models (loaded or run): make test, not make test-fast.
+pytestmark = pytest.mark.slow
+
 ARCHS = {"qwen3_vl": (8, 112, 112), "qwen2_5_vl": (2, 112, 84)}  # arch -> (frames, width, height)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # Triton compiles and ptxas in subprocesses (~30 s on 2 cores)
 
 ARCHS = (80, 90)
 FULL_ARCHS = (90,)  # fp32 and unaligned (odd D) variants too; sm_80 gets the bf16 aligned set only (time)
@@ -45,44 +46,50 @@ def compiled(tmp_path_factory):
     return results
 
 
+def _variant(r: dict) -> str:
+    return f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_kernel_compiles(compiled, arch):
+    """Every variant compiles, and every kernel of KERNELS (by its full name and its jitted function) is among
+    them: a kernel the compile specs stop describing must fail here, not hide behind a sibling's name."""
     from vs_vllm.kernels.select import KERNELS
 
     recs = compiled[arch]
     failed = [f"{r['kernel']}/{r['dtype']}/aligned={r['aligned']}: {r.get('error')}" for r in recs if not r["ok"]]
     assert not failed, "\n".join(failed)
-    compiled_fns = {r["kernel"].split("_")[0] for r in recs}
-    for name in KERNELS:  # every kernel has at least one compiled variant
-        assert name.split("_")[0] in compiled_fns, name
+    compiled_names = {r["kernel"] for r in recs}
+    compiled_functions = {r["function"] for r in recs}
+    for name, fn in KERNELS.items():
+        assert any(k == name or k.startswith(f"{name}_") for k in compiled_names), (name, sorted(compiled_names))
+        assert getattr(fn, "fn", fn).__name__ in compiled_functions, (name, sorted(compiled_functions))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_register_spills(compiled, arch):
-    recs = [r for r in compiled[arch] if r["ok"] and r.get("registers") is not None]
-    if not recs:
-        pytest.skip("no ptxas able to read triton's PTX (ptxas-blackwell) in this triton build")
-    report = ", ".join(
-        f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}:{r['registers']}r" for r in recs
-    )
-    print(f"sm_{arch}: {report}")
-    spilled = [
-        f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}: {r['spill_stores']} bytes"
-        for r in recs
-        if r["spill_stores"]
-    ]
+    recs = [r for r in compiled[arch] if r["ok"]]
+    unread = [r for r in recs if r.get("registers") is None]
+    if recs and len(unread) == len(recs):
+        why = "; ".join(sorted({r.get("ptxas_error") or "unknown" for r in unread}))
+        pytest.skip(f"NOT CHECKED: register use and spills of the {len(recs)} sm_{arch} kernel variants are "
+                    f"unverified on this machine, no ptxas could read triton's PTX ({why[:800]})")
+    # ptxas read some variants: every other one is a failure, not a variant quietly left out of the spill check.
+    assert not unread, [f"{_variant(r)}: {r.get('ptxas_error')}" for r in unread]
+    print(f"sm_{arch}: " + ", ".join(f"{_variant(r)}:{r['registers']}r" for r in recs))
+    spilled = [f"{_variant(r)}: {r['spill_stores']} bytes" for r in recs if r["spill_stores"]]
     assert not spilled, spilled
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mmr_kernels_compile(compiled, arch):
-    """The MMR kernels (kernels/mmr_select.py): every kernel has a compiled variant (both BLOCK_D widths)."""
+    """The MMR kernels (kernels/mmr_select.py): every kernel, by name and jitted function, has a compiled variant
+    (both BLOCK_D widths)."""
     from vs_vllm.kernels.mmr_select import MMR_KERNELS
 
     recs = [r for r in compiled[arch] if r["kernel"].startswith("mmr")]
-    for name in MMR_KERNELS:
-        assert any(r["ok"] and r["kernel"].startswith(f"{name}_d") for r in recs), name
-    print(f"sm_{arch}: " + ", ".join(
-        f"{r['kernel']}/{r['dtype']}{'' if r['aligned'] else '/unaligned'}:{r.get('registers')}r/"
-        f"{r.get('spill_stores')}B-spill" for r in recs
-    ))
+    for name, fn in MMR_KERNELS.items():
+        function = getattr(fn, "fn", fn).__name__
+        assert any(r["ok"] and r["kernel"].startswith(f"{name}_d") and r["function"] == function for r in recs), name
+    resources = [f"{_variant(r)}:{r.get('registers')}r/{r.get('spill_stores')}B-spill" for r in recs]
+    print(f"sm_{arch}: " + ", ".join(resources))

@@ -41,6 +41,7 @@ def test_public_exports():
     assert K.Selection._fields == ("rows", "indices", "positions", "cu_keep", "packed")
 
 
+@pytest.mark.slow  # a fresh interpreter (subprocess)
 def test_cpu_without_interpreter_uses_torch_and_never_imports_triton():
     """A fresh process without TRITON_INTERPRET: CPU tensors take the torch path; triton is not even imported."""
     code = textwrap.dedent(

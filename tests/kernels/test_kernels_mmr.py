@@ -40,6 +40,9 @@ if not torch.cuda.is_available() and not ksel.INTERPRET:
     pytest.skip("no CUDA device and TRITON_INTERPRET was not set before triton was imported", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: Interpreter cases of more than a few seconds on the CPU: make test runs them, make test-fast keeps the small ones
+#: (on a GPU, make gpu-check runs them all in seconds).
+SLOW = pytest.mark.slow
 LAMBDAS = (0.0, 0.3, 0.5, 1.0)
 
 # Small tiles: several N tiles, several D chunks and vector tiles per image, as the GPU configuration has on real sizes.
@@ -117,7 +120,7 @@ def k_lambda_pairs(n, rotate):
 
 
 @pytest.mark.parametrize("d", [5, 24, 72])
-@pytest.mark.parametrize("n", [1, 2, 7, 33, 130, 257])
+@pytest.mark.parametrize("n", [1, 2, 7, *(pytest.param(n, marks=SLOW) for n in (33, 130, 257))])
 def test_sweep_fp32(n, d):
     """One batch per (N, D): the same image size repeated with K in {1, small, N-1, N} and lambda in {0, .3, .5, 1}."""
     pairs = k_lambda_pairs(n, rotate=d)
@@ -126,7 +129,8 @@ def test_sweep_fp32(n, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("n", "d"), [(7, 5), (33, 72), (130, 24), (257, 72)])
+@pytest.mark.parametrize(("n", "d"), [(7, 5), pytest.param(33, 72, marks=SLOW), pytest.param(130, 24, marks=SLOW),
+                                      pytest.param(257, 72, marks=SLOW)])
 def test_sweep_half(n, d, dtype):
     """bf16 / fp16 rows: the reference runs on the same rounded rows (widened to fp32 on both sides)."""
     pairs = k_lambda_pairs(n, rotate=n)
@@ -139,8 +143,8 @@ def test_sweep_half(n, d, dtype):
     ("lengths", "keep", "lams"),
     [
         ([130], [13], [0.5]),
-        ([33, 257], [32, 40], [0.0, 0.3]),
-        ([1, 130, 7], [1, 64, 6], [0.3, 0.5, 0.0]),
+        pytest.param([33, 257], [32, 40], [0.0, 0.3], marks=SLOW),
+        pytest.param([1, 130, 7], [1, 64, 6], [0.3, 0.5, 0.0], marks=SLOW),
         ([257, 2, 33], [25, 2, 5], [1.0, 0.5, 0.3]),  # a lam == 1 image and a K == N image beside MMR images
     ],
 )
@@ -149,6 +153,7 @@ def test_ragged_batches(lengths, keep, lams, dtype):
     run_and_check(x, scores, cu, keep, lams)
 
 
+@SLOW
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_config_in_interpreter(dtype):
     """The GPU block configuration (64 x 128 tiles for 16-aligned x, 16 x 128 otherwise, 1024-token vector tiles, no
@@ -216,8 +221,8 @@ def check_duplicates(x, scores, cu, keep, lams, config=None):
     return got
 
 
-@pytest.mark.parametrize("config", [None, SMALL_TILES], ids=["default", "small_tiles"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("config", [pytest.param(None, marks=SLOW), SMALL_TILES], ids=["default", "small_tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=SLOW)])
 def test_duplicate_rows_ties_to_lowest_index(dtype, config):
     """Rows (and their scores) copied from a small pool: gains tie exactly; the lowest index of a group must win."""
     n0 = 130 if config is None else 60
@@ -228,6 +233,7 @@ def test_duplicate_rows_ties_to_lowest_index(dtype, config):
     check_duplicates(x, scores, cu, [6], [0.0], config=config)
 
 
+@SLOW
 def test_all_rows_and_scores_equal_keep_first_k():
     """One repeated row, equal scores: every gain ties at every step, so the first K tokens win."""
     x = torch.randn(1, 24).repeat(77, 1)
@@ -238,6 +244,7 @@ def test_all_rows_and_scores_equal_keep_first_k():
         assert got.tolist() == list(range(9)) + list(range(30))
 
 
+@SLOW
 def test_large_image():
     """N = 2000, D = 64, K = 10% in one image and 5% of a second: several interpreter tiles per step."""
     x, scores, cu = random_case([2000, 1500], 64, torch.float32, seed=77)
@@ -264,6 +271,7 @@ def test_public_export():
     assert "select_tokens_mmr" in K.__all__ and K.select_tokens_mmr is dispatch.select_tokens_mmr
 
 
+@SLOW
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_select_tokens_mmr_triton_vs_torch(dtype):
     lengths = [130, 7, 57, 33]
@@ -290,7 +298,7 @@ def test_select_tokens_mmr_triton_vs_torch(dtype):
     assert torch.equal(sel.cu_keep.cpu(), torch.tensor(plan.cu_keep))
 
 
-@pytest.mark.parametrize("all_top_k", [False, True])
+@pytest.mark.parametrize("all_top_k", [pytest.param(False, marks=SLOW), True])
 def test_select_tokens_mmr_into_packed_layout_from_wider_source(all_top_k):
     """The engine's call: scores on the first D columns, rows gathered whole from the wider source, position
     channels written by the gather; also when every image is routed to the top-K kernel (lam == 1)."""
@@ -362,6 +370,7 @@ def test_explicit_triton_raises_automatic_falls_back(monkeypatch):
         assert torch.equal(sel.indices, ref.indices)
 
 
+@SLOW  # a fresh interpreter (subprocess)
 def test_torch_path_never_imports_triton():
     code = textwrap.dedent(
         """

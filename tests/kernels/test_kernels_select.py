@@ -34,6 +34,9 @@ if not torch.cuda.is_available() and not ksel.INTERPRET:
     pytest.skip("no CUDA device and TRITON_INTERPRET was not set before triton was imported", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: Interpreter cases of more than a few seconds on the CPU: make test runs them, make test-fast keeps the small ones
+#: (on a GPU, make gpu-check runs them all in seconds).
+SLOW = pytest.mark.slow
 
 # GPU-sized tiles, splits over D/H as on a 4-SM device, chunked select with small chunks, narrow radix digits:
 # exercises every loop and split of the GPU configuration on small inputs.
@@ -93,7 +96,7 @@ def check(plan, x, sel, scores, ref, ref_scores):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d", [33, 130, 257])
-@pytest.mark.parametrize("n", [1, 7, 37, 577])
+@pytest.mark.parametrize("n", [1, 7, pytest.param(37, marks=SLOW), pytest.param(577, marks=SLOW)])
 def test_images_k_sweep(n, d, dtype):
     """One batch holds the same image size four times with K in {1, small, N-1, N}."""
     ks = keep_counts(n)
@@ -146,6 +149,7 @@ def test_all_scores_equal_keeps_first_k():
     assert torch.equal(sel.indices.cpu(), ref.indices.cpu())
 
 
+@SLOW
 def test_gpu_like_config_splits_and_chunks(gpu_like_config):
     """Small tiles, D/H splits and the chunked select (N > sel_one_chunk_max) in the interpreter."""
     lengths = [577, 37, 300, 1]
@@ -153,6 +157,7 @@ def test_gpu_like_config_splits_and_chunks(gpu_like_config):
     check(*run_both(x, cu, [115, 36, 1, 1], w, [factor_grid(n) for n in lengths]))
 
 
+@SLOW
 def test_gpu_like_config_ties_chunked(gpu_like_config):
     """Ties spanning several select chunks: the equal-rank carry across chunks must keep the lowest indices."""
     x, cu, w = make_problem([700], 48, torch.float32, seed=9, dup_pool=3)
@@ -161,6 +166,7 @@ def test_gpu_like_config_ties_chunked(gpu_like_config):
     assert torch.equal(sel.indices.cpu(), ref.indices.cpu())
 
 
+@SLOW
 def test_large_images():
     """16384 tokens (register-resident select in the interpreter config) and 16385 (chunked: one token past it)."""
     lengths = [16384, 16385]
@@ -176,7 +182,7 @@ POOL = [float("-inf"), -2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, float("inf")]
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("radix_bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("radix_bits", [pytest.param(1, marks=SLOW), pytest.param(2, marks=SLOW), 4, 8])
 def test_topk_kernel_on_tie_pool(radix_bits, chunked):
     """Scores from a pool with +-0.0 and +-inf (many exact ties), every digit width, one chunk or several."""
     g = torch.Generator().manual_seed(radix_bits + 10 * chunked)
@@ -218,6 +224,7 @@ def test_topk_kernel_extremes_and_nan():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@SLOW
 @pytest.mark.parametrize("num_images", [15, 16, 17, 40])
 def test_many_images_share_the_weight_reads(gpu_like_config, num_images):
     """Image counts around and past the image blocks (up to 4 images per program here, 8 on a GPU): every block's
@@ -229,6 +236,7 @@ def test_many_images_share_the_weight_reads(gpu_like_config, num_images):
     check(*run_both(x, cu, keep, w, [factor_grid(n) for n in lengths]))
 
 
+@SLOW
 def test_many_images_interpreter_config():
     """The interpreter's own blocks (one program per 8 images, no splits) on 33 images of different sizes."""
     lengths = [3 + 7 * i for i in range(33)]
@@ -241,6 +249,7 @@ def test_many_images_interpreter_config():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@SLOW
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_select_into_packed_layout_from_wider_source(dtype, gpu_like_config):
     """The scorer reads the first D columns (a strided view); rows come whole from the wider source (DeepStack

@@ -326,6 +326,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_convert_end_to_end(tmp_path: Path) -> None:
     scorer = random_scorer(16, seed=14)
     write_sharded(tmp_path / "src", scorer)
@@ -338,6 +339,7 @@ def test_cli_convert_end_to_end(tmp_path: Path) -> None:
     assert torch.equal(loaded.q_proj.weight, scorer.q_proj.weight.detach().to(torch.bfloat16).float())
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_missing_dir_is_a_one_line_error(tmp_path: Path) -> None:
     proc = run_cli("convert", str(tmp_path / "does-not-exist"), str(tmp_path / "o.safetensors"))
     assert proc.returncode == 2

@@ -63,6 +63,7 @@ def _count_sdpa(monkeypatch):
         yield calls
 
 
+@pytest.mark.slow  # runs the script's transformers model
 def test_vit_attention_modes_match_per_window_on_windows_and_full_attention(tiny, monkeypatch):
     h, model, inputs = tiny
     visual = model.model.visual
@@ -94,6 +95,7 @@ def test_vit_attention_modes_match_per_window_on_windows_and_full_attention(tiny
     assert type(first).__name__ == "Qwen2_5_VLVisionAttention"
 
 
+@pytest.mark.slow  # runs the script's transformers model
 @pytest.mark.parametrize("mode", ["varlen", "padded"])
 def test_one_call_attention_on_uneven_segments(tiny, mode):
     """Segments of any lengths (several images in a full-attention layer look like this), vs transformers' loop."""
@@ -117,6 +119,7 @@ def test_one_call_attention_on_uneven_segments(tiny, mode):
     assert h.rel_err(wrong, ref) > 0.1  # attention across segments is far off: the check above means something
 
 
+@pytest.mark.slow  # runs the script's transformers model
 def test_choose_vit_attention_checks_times_and_falls_back(tiny, monkeypatch):
     h, model, inputs = tiny
     timer = h.Timer("cpu")
@@ -333,6 +336,7 @@ def test_graph_failure_leaves_nan_and_a_reason_and_stops(monkeypatch):
 # -- end to end -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the script's transformers model
 def test_tiny_run_end_to_end(tmp_path):
     h = _script()
     threads = torch.get_num_threads()

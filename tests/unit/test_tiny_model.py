@@ -83,6 +83,7 @@ def test_unknown_arch_and_bad_seed_are_refused(tmp_path: Path) -> None:
         build_tiny_model(tmp_path, seed=-1)
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_writes_model(tmp_path: Path) -> None:
     out = tmp_path / "cli-model"
     proc = subprocess.run(
@@ -131,6 +132,7 @@ def test_qwen2_vl_config_and_card(tiny_qwen2_vl_dir: Path, tiny_model_dir: Path)
     assert pre["processor_class"] == "Qwen2VLProcessor" and pre["image_processor_type"] == "Qwen2VLImageProcessor"
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_qwen2_vl_loads_in_transformers(tiny_qwen2_vl_dir: Path) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
@@ -205,6 +207,7 @@ def test_qwen3_vl_config_is_the_released_layout(tiny_arch_dir, arch: str) -> Non
         assert 2 * text["moe_intermediate_size"] != text["hidden_size"]
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_qwen3_vl_moe_experts_are_stored_as_released_and_load_back(tiny_arch_dir) -> None:
     """The fused expert tensors are [E, H, 2I] / [E, I, H] on disk (vLLM's loader expects that), and transformers
     loads them back into exactly the seeded model's weights."""

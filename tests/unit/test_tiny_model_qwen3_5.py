@@ -97,6 +97,7 @@ def test_two_layer_variant_builds(tmp_path: Path) -> None:
     assert text["layer_types"] == ["linear_attention", "full_attention"] and text["head_dim"] == 128
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_loads_in_transformers_and_generates(qwen3_5_dir: Path) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen3_5ForConditionalGeneration

@@ -138,6 +138,7 @@ def test_soft_select_sample_and_pooled_scopes() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- data
+@pytest.mark.slow  # loads a transformers model
 def test_labels_are_the_answers_and_collate_pads(hf, data_dir: Path) -> None:
     _, processor = hf
     tok = processor.tokenizer
@@ -166,6 +167,7 @@ def test_labels_are_the_answers_and_collate_pads(hf, data_dir: Path) -> None:
     assert bool((batch["labels"][0, lengths[0]:] == -100).all())
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_data_errors_name_record_and_field(hf, data_dir: Path, tmp_path: Path) -> None:
     _, processor = hf
     good = {"image": str(data_dir / "img" / "red.png"),
@@ -211,6 +213,7 @@ def short_run(hf, tiny_model_dir: Path, data_dir: Path, tmp_path_factory: pytest
     return trainer, Path(path)
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_loss_decreases(short_run) -> None:
     trainer, path = short_run
     losses = [h["loss"] for h in trainer.history]
@@ -225,6 +228,7 @@ def test_loss_decreases(short_run) -> None:
     assert trainer.summary["steps_per_second"] > 0
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_only_the_scorer_changes(short_run, tiny_model_dir: Path) -> None:
     from accelerate.utils import set_seed
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -242,6 +246,7 @@ def test_only_the_scorer_changes(short_run, tiny_model_dir: Path) -> None:
     assert all(not torch.equal(init[k], final[k]) for k in init)
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_checkpoint_resume_reproduces_next_steps(hf, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     model, processor = hf
     # 4 samples, batch 1, grad_accum 2: two steps per epoch. Resuming after step 1 skips into the middle of epoch 0
@@ -269,6 +274,7 @@ def test_checkpoint_resume_reproduces_next_steps(hf, tiny_model_dir: Path, data_
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # loads a transformers model
 @pytest.mark.parametrize(("scope", "precision"), [("sample", "fp32"), ("pooled", "bf16")])
 def test_scopes_run_on_mixed_batches(hf, tiny_model_dir, data_dir, tmp_path, scope, precision) -> None:
     _, processor = hf
@@ -281,6 +287,7 @@ def test_scopes_run_on_mixed_batches(hf, tiny_model_dir, data_dir, tmp_path, sco
     assert math.isfinite(h["loss"]) and h["bce"] > 0 and 0 < h["p_kept"] < 1
 
 
+@pytest.mark.slow  # trains in a subprocess
 @pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "tiny_qwen2_vl_dir", "tiny_qwen3_vl_dir",
                                            "tiny_qwen3_vl_moe_dir"])
 def test_cli_trains_end_to_end(model_fixture: str, data_dir: Path, tmp_path: Path, request) -> None:
@@ -350,6 +357,7 @@ def _scorer_grads(model, scorer, batch, *, unmask_deepstack: bool) -> tuple[list
     return [p.grad.detach().clone() for p in scorer.parameters()], received
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_deepstack_levels_receive_the_soft_mask(hf_qwen3, data_dir: Path) -> None:
     """Every DeepStack level reaches the LLM scaled by the same p as the main features (at the image slots, in the
     same order), so the scorer's gradient flows through DeepStack too: it differs from a run with unmasked levels."""
@@ -386,6 +394,7 @@ def test_deepstack_levels_receive_the_soft_mask(hf_qwen3, data_dir: Path) -> Non
     assert diff > 1e-2 * max(float(g.abs().max()) for g in grads), diff
 
 
+@pytest.mark.slow  # loads a transformers model
 def test_qwen3_vl_short_run_trains_the_scorer(tiny_qwen3_vl_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForImageTextToText
 

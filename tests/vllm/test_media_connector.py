@@ -24,6 +24,7 @@ def test_registered_under_its_name() -> None:
     assert isinstance(_connector(), ClientErrorMediaConnector)
 
 
+@pytest.mark.slow  # waits out two 5 s fetch timeouts
 def test_unreachable_host_is_a_client_error_sync_and_async() -> None:
     connector = _connector()
     with pytest.raises(MediaFetchError, match="127.0.0.1:1"):

@@ -32,7 +32,10 @@ def samples():
 @pytest.fixture(scope="module")
 def synthetic_server(start_plugin_server):
     assert synthetic_model_available(), f"the committed model is missing from {SYNTHETIC_MODEL_DIR}"
-    return start_plugin_server(SYNTHETIC_MODEL_DIR, scorer=SYNTHETIC_MODEL_DIR / "scorer.safetensors")
+    # Stopped when this module is done, not at session end: later modules should not share the CPUs with its engine.
+    server = start_plugin_server(SYNTHETIC_MODEL_DIR, scorer=SYNTHETIC_MODEL_DIR / "scorer.safetensors")
+    yield server
+    server.stop()
 
 
 def _correct(server, samples, ratio: float, method: str) -> tuple[int, set[int]]:
@@ -83,7 +86,9 @@ def qwen3_vl_samples():
 @pytest.fixture(scope="module")
 def qwen3_vl_server(start_plugin_server):
     assert synthetic_model_available(QWEN3_VL_DIR), f"the committed model is missing from {QWEN3_VL_DIR}"
-    return start_plugin_server(QWEN3_VL_DIR, scorer=QWEN3_VL_DIR / "scorer.safetensors")
+    server = start_plugin_server(QWEN3_VL_DIR, scorer=QWEN3_VL_DIR / "scorer.safetensors")
+    yield server
+    server.stop()  # at module teardown, as synthetic_server
 
 
 def test_qwen3_vl_answers_with_every_visual_token(qwen3_vl_server, qwen3_vl_samples):
