@@ -409,8 +409,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "`vllm serve` and with `vs-vllm serve`, ONE server at a time, ABBA order over --repeats (stock, plugin |\n"
             "plugin, stock | ...), and run closed-loop streamed requests that each decode exactly --output-tokens\n"
             "tokens: text-only, one image at retention ratio 1.0, one image at 0.3. Reports ITL p50/p99, TPOT and\n"
-            "TTFT per server and workload, the plugin/stock ratios with their spread and the zero-overhead goals of\n"
-            "issue 15, in decode_cpu[_tiny].{csv,md}, _requests.csv, _meta.json and _itl.png."
+            "TTFT per server and workload, the plugin/stock ratios with their spread and the zero-overhead goals\n"
+            "(text-only and ratio-1.0 TTFT and ITL within 1% of stock), in decode_cpu[_tiny].{csv,md}, _requests.csv,\n"
+            "_meta.json and _itl.png."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(

@@ -5,7 +5,8 @@ prefill, written as committed evidence (``make gpu-check``; see benchmarks/gpu/R
 Stages (each a child process with its own time limit; a failure is recorded and the next stage still runs):
 
   a   env           GPU, capability, driver / CUDA / torch / triton / transformers versions (fails without CUDA)
-  b1  pytest        pytest tests/kernels on the GPU, strict kernels (``VS_VLLM_STRICT_KERNELS=1``, no interpreter);
+  b1  pytest        pytest tests/kernels and tests/unit/test_bench_select_graph.py on the GPU, strict kernels
+                    (``VS_VLLM_STRICT_KERNELS=1``, no interpreter);
                     skipped (not failed) when pytest is not installed
   b2  sweep         benchmarks/gpu/kernel_sweep.py: odd shapes, fp32/bf16/fp16, N up to 16385, D up to 5120, strict
                     (b1 and b2 run at the same time: both are correctness checks, mostly Triton compiles)
@@ -78,6 +79,12 @@ GOAL_PREFILL_RATIO = 0.2
 PREFILL_RATIOS = "1.0,0.5,0.3,0.2,0.1"
 
 
+#: What b1 runs on the GPU: the kernel tests, and bench_select's CUDA-graph timer, whose real-GPU test skips anywhere
+#: else (its stand-in tests run on the CPU in make test too).
+GRAPH_TIMER_TESTS = "tests/unit/test_bench_select_graph.py"
+GPU_TESTS = ("tests/kernels", GRAPH_TIMER_TESTS)
+
+
 @dataclass(frozen=True)
 class Profile:
     """Sizes and time limits of one mode (full GPU run, --quick, --dry-run)."""
@@ -102,7 +109,7 @@ PROFILES = {
         mmr_args=("--reps", "3", "--budget", "3", "--batch", "8"),
         hf_args=("--warmup", "3", "--repeats", "10"),
         sweep="full",
-        pytest_args=("tests/kernels",),
+        pytest_args=GPU_TESTS,
         deadline=450,
         caps={"env": 90, "pytest": 240, "sweep": 240, "bench-select": 180, "bench-mmr": 120, "hf-prefill": 200},
         goal_min_n=GOAL_MIN_N,
@@ -114,7 +121,7 @@ PROFILES = {
         mmr_args=("--reps", "3", "--budget", "2", "--batch", "8"),
         hf_args=("--warmup", "2", "--repeats", "5"),
         sweep="quick",
-        pytest_args=("tests/kernels",),
+        pytest_args=GPU_TESTS,
         deadline=300,
         caps={"env": 90, "pytest": 180, "sweep": 180, "bench-select": 120, "bench-mmr": 60, "hf-prefill": 150},
         goal_min_n=GOAL_MIN_N,
@@ -127,7 +134,7 @@ PROFILES = {
         mmr_args=("--reps", "1", "--budget", "1", "--batch", "2"),
         hf_args=("--tiny", "--warmup", "1", "--repeats", "2"),
         sweep="dry",
-        pytest_args=("tests/kernels/test_kernels_gather.py",),
+        pytest_args=("tests/kernels/test_kernels_gather.py", GRAPH_TIMER_TESTS),
         deadline=300,
         caps={"env": 60, "pytest": 90, "sweep": 90, "bench-select": 90, "bench-mmr": 60, "hf-prefill": 120},
         goal_min_n=96,
@@ -145,7 +152,7 @@ class StageDef:
 
 STAGES = (
     StageDef("a", "env", "environment", 10),
-    StageDef("b1", "pytest", "kernel tests: pytest tests/kernels (CUDA, strict)", 30),
+    StageDef("b1", "pytest", "kernel tests: pytest tests/kernels + test_bench_select_graph.py (CUDA, strict)", 30),
     StageDef("b2", "sweep", "kernel odd-shape sweep vs torch reference (CUDA, strict)", 30),
     StageDef("c1", "bench-select", "selection timings vs torch reference and device copy", 40),
     StageDef("c2", "bench-mmr", "MMR timings, torch vs Triton", 30),
@@ -263,7 +270,7 @@ class GpuCheck:
         self.OUT = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
         self.lock = threading.Lock()
         self.log_path = self.work / "gpu_check.log"
-        self.log = open(self.log_path, "w", errors="replace")
+        self.log = PortableLog(self.log_path)
         self.results = {s.name: StageResult(s.letter, s.name, s.title) for s in STAGES}
         for r in self.results.values():
             if r.name not in args.stages and r.name != "summary":
@@ -525,7 +532,7 @@ class GpuCheck:
         goals = evaluate_goals(self.data.get("select", []), self.data.get("hf", []), self.profile.goal_min_n)
         self.data["goals"] = goals
         md = self.out_dir / f"gpu_check_{self.tag}.md"
-        md.write_text(render_summary(self, goals, final))
+        md.write_text(portable_text(render_summary(self, goals, final)))
         state = {
             "tag": self.tag, "mode": self.mode, "dry_run": self.dry, "final": final,
             "started": self.started.isoformat(timespec="seconds"), "elapsed_s": round(self.elapsed(), 1),
@@ -533,7 +540,7 @@ class GpuCheck:
             "kernels_sha256": kernels_fingerprint(), "git_commit": git_commit(),
             "stages": [asdict(self.results[s.name]) for s in STAGES], "goals": goals,
         }
-        (self.out_dir / f"gpu_check_{self.tag}.json").write_text(json.dumps(state, indent=2) + "\n")
+        (self.out_dir / f"gpu_check_{self.tag}.json").write_text(portable_text(json.dumps(state, indent=2)) + "\n")
         with self.lock:
             self.log.flush()
             copy_capped(self.log_path, self.out_dir / f"gpu_check_{self.tag}.log", LOG_CAP)
@@ -617,6 +624,35 @@ class GpuCheck:
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _portable_text():
+    """vs_vllm/benchmarking/paths.py's portable_text, loaded by path: this script runs without the package."""
+    path = REPO / "vs_vllm" / "benchmarking" / "paths.py"
+    spec = importlib.util.spec_from_file_location("vs_vllm_result_paths", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.portable_text
+
+
+portable_text = _portable_text()
+
+
+class PortableLog:
+    """The run log, which is committed with the results: every write goes through portable_text, so it names no
+    absolute path of the machine (the repository, the scratch folder in the temp dir, the interpreter)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "w", errors="replace")
+
+    def write(self, text: str) -> None:
+        self._file.write(portable_text(text))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def child_python() -> str:

@@ -514,6 +514,7 @@ def run(args: argparse.Namespace) -> Path:
     import transformers
 
     from vs_vllm.benchmarking.flops import flop_ceiling, prefill_split
+    from vs_vllm.benchmarking.paths import portable_text
     from vs_vllm.benchmarking.stats import percentile
     from vs_vllm.hf.qwen2_5_vl import QwenVLSelector
     from vs_vllm.selection.budget import keep_count
@@ -695,8 +696,8 @@ def run(args: argparse.Namespace) -> Path:
         errors = [f"ratio {r['ratio']:g}: {r['graph_error']}" for r in rows if r["graph_error"] not in ("", "off")]
         if errors:
             lines += ["", "CUDA graph errors: " + "; ".join(errors) + "."]
-        lines += ["", "Command: `" + " ".join(["python benchmarks/prefill/hf_gpu_prefill.py", *sys.argv[1:]]) + "`",
-                  ""]
+        command = " ".join(["python benchmarks/prefill/hf_gpu_prefill.py", *sys.argv[1:]])
+        lines += ["", "Command: `" + portable_text(command) + "`", ""]
         (out_dir / f"{stem}.md").write_text("\n".join(lines))
         print(f"[hf-prefill] wrote {out_dir / stem}.csv and .md", flush=True)
 

@@ -1,4 +1,4 @@
-"""Teach the committed synthetic image model the video task (issue 13 item 6): fine-tune its language model on
+"""Teach the committed synthetic image model the video task (video_quality.py): fine-tune its language model on
 videos from ``video_quality.py``'s generator, the vision tower and merger frozen.
 
 Frozen vision tower and merger: the visual tokens, and so what the committed scorer reads, stay exactly as they

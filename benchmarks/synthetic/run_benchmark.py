@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vs_vllm.benchmarking.paths import portable_text
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)
@@ -95,24 +97,10 @@ def _run(cmd: list[str], log: list[dict[str, Any]], what: str, *, cwd: Path = RE
     t0 = time.perf_counter()
     rc = subprocess.call(cmd, cwd=cwd, env=_env())
     seconds = time.perf_counter() - t0
-    log.append({"step": what, "command": shlex.join(_rel(cmd)), "seconds": round(seconds, 1), "rc": rc})
+    log.append({"step": what, "command": portable_text(shlex.join(cmd)), "seconds": round(seconds, 1), "rc": rc})
     if rc != 0:
         raise PipelineError(f"{what} failed (exit code {rc}): {shlex.join(cmd)}")
     return seconds
-
-
-def _rel(cmd: Sequence[str]) -> list[str]:
-    out = []
-    for c in cmd:
-        if c == sys.executable:
-            out.append("python")
-            continue
-        try:
-            p = Path(c)
-            out.append(str(p.relative_to(REPO)) if p.is_absolute() else c)
-        except ValueError:
-            out.append(c)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -148,7 +136,7 @@ def step_data(data_dir: Path, n_train: int, n_test: int, seed: int, log: list,
         if same_geometry and (info.get("version"), info.get("seed"), info.get("n_train"), info.get("n_test")) == (
                 _generator().GENERATOR_VERSION, seed, n_train, n_test):
             print(f"[benchmark] reusing data in {data_dir}", flush=True)
-            log.append({"step": "data", "command": f"(reused {data_dir})", "seconds": 0, "rc": 0})
+            log.append({"step": "data", "command": f"(reused {portable_text(data_dir)})", "seconds": 0, "rc": 0})
             return data_dir, False
         print(f"[benchmark] {data_dir} holds other data (generator version {info.get('version', 1)}, seed "
               f"{info.get('seed')}, {info.get('n_train')}/{info.get('n_test')} images, "
@@ -238,7 +226,7 @@ def step_scorer(scorer_dir: Path, model_dir: Path, data_file: Path, log: list, *
     scorer = scorer_dir / "scorer.safetensors"
     if scorer.is_file() and not retrain:
         print(f"[benchmark] reusing the scorer {scorer}", flush=True)
-        log.append({"step": "train scorer", "command": f"(reused {scorer})", "seconds": 0, "rc": 0})
+        log.append({"step": "train scorer", "command": f"(reused {portable_text(scorer)})", "seconds": 0, "rc": 0})
         return scorer
     if not train_cli_available():
         raise PipelineError("`vs-vllm train` is not available in this environment (vs_vllm.training missing?); "
@@ -358,7 +346,7 @@ def step_eval(model_dir: Path, scorer: Path, data_file: Path, results: Path, log
     args = ["--scorer", str(scorer), *tiny_serve_args(max_images=1, served_model_name=SERVED_NAME)]
     server = VLLMServer(model_dir, args, command=[sys.executable, "-m", "vs_vllm", "serve"],
                         log_path=server_log, env={"OMP_NUM_THREADS": "1"})
-    serve_cmd = shlex.join(_rel([*server.command, str(model_dir), *args]))
+    serve_cmd = portable_text(shlex.join([*server.command, str(model_dir), *args]))
     print(f"\n[benchmark] serve: {serve_cmd}", flush=True)
     t0 = time.perf_counter()
     with server:
@@ -471,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- **run**: {started.isoformat(timespec='seconds')}, {total / 60:.1f} min in all"
         + (" (**--quick smoke test: tiny data and training, numbers meaningless**)" if quick else ""),
         f"- **machine**: {machine_info()}",
-        f"- **data**: `{_rel([str(data_dir)])[0]}` ({n_train} train / {n_test} test images, seed {args.seed}); "
+        f"- **data**: `{portable_text(data_dir)}` ({n_train} train / {n_test} test images, seed {args.seed}); "
         f"{_data_description(data_dir)}",
         f"- **base model**: {arch['label']} from scratch, {base_info['parameters'] / 1e6:.2f}M parameters, "
         f"trained on `{base_info.get('train_file')}` "
@@ -480,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f"last stage stopped on: {base_info['stop_reason']}); test accuracy with all visual tokens (transformers): "
         f"{base_info['test_acc']:.3f}" + (
             "; per task: " + ", ".join(f"{k} {v:.3f}" for k, v in mixed.items()) if mixed else ""),
-        f"- **scorer**: `{_rel([str(scorer)])[0]}`; model + scorer {size_mb:.1f} MB",
+        f"- **scorer**: `{portable_text(scorer)}`; model + scorer {size_mb:.1f} MB",
         "",
         "Commands (from the repository root):",
         "",

@@ -1,4 +1,5 @@
-"""Synthetic video quality task (issue 13 item 6): the answer sits in a few tokens of one frame pair of a video.
+"""Synthetic video quality task (does video pruning keep the answer?): the answer sits in a few tokens of one frame
+pair of a video.
 
 Each video has ``--groups`` temporal groups (two identical frames each: one Qwen2.5-VL temporal patch, so a group is
 exactly one synthetic image to the vision tower) of one scene of the image benchmark: the textured background and 4

@@ -148,6 +148,8 @@ def test_bad_timing_is_not_a_measurement(bad):
     assert ms is None and "do_bench of the replay returned" in note
 
 
+# `make gpu-check` runs this file on the GPU (its b1 stage); on the CPU this test skips and -m gpu selects it.
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_timer_on_a_gpu():
     import triton.testing

@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from vs_vllm.benchmarking.paths import ABSOLUTE_PATH
 from vs_vllm.testing.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +44,7 @@ def _state(out_dir: Path) -> dict:
     return json.loads((out_dir / f"gpu_check_{TAG}.json").read_text())
 
 
+@pytest.mark.slow  # the whole gpu-check in subprocesses (Triton interpreter, HF model)
 def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
     results, out = tmp_path / "results", tmp_path / "OUT"
     env = _env(OUT=str(out), VS_GPU_CHECK_OVERLAY="1")
@@ -62,6 +65,11 @@ def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
     for name in ("bench_select_{}.csv", "mmr_select_{}.csv", "hf_gpu_prefill_{}.csv", "gpu_check_{}_sweep.csv",
                  "gpu_check_{}_select.csv", "gpu_check_{}_pytest.xml", "gpu_check_{}.log"):
         assert (results / name.format(TAG)).is_file(), name
+    # b1 runs bench_select's graph-timer tests beside the kernel tests (their real-GPU case skips on the CPU)
+    cases = list(ET.parse(results / f"gpu_check_{TAG}_pytest.xml").getroot().iter("testcase"))
+    graph_cases = {c.get("name") for c in cases if c.get("classname", "").endswith("test_bench_select_graph")}
+    assert "test_cuda_graph_timer_on_a_gpu" in graph_cases and len(graph_cases) > 1, graph_cases
+    assert any(c.get("classname", "").endswith("test_kernels_gather") for c in cases)
     with open(results / f"gpu_check_{TAG}_select.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(float(r["copy_same_bytes_ms"]) > 0 and r["pct_of_copy_same_bytes"] for r in rows)
@@ -118,10 +126,16 @@ def test_make_gpu_check_dry_run_runs_every_stage(tmp_path):
     assert f"benchmarks/results/hf_gpu_prefill_{TAG}.csv" in names
     assert all(n.startswith("benchmarks/results/") for n in names)
 
+    # what gets committed names no absolute path of the machine (the scratch folder, the checkout, the interpreter)
+    for name in (f"gpu_check_{TAG}.md", f"gpu_check_{TAG}.json", f"gpu_check_{TAG}.log"):
+        assert not ABSOLUTE_PATH.findall((results / name).read_text()), (name, ABSOLUTE_PATH.findall(
+            (results / name).read_text())[:5])
+
     # a dry run never writes next to the committed results
     assert not list((REPO / "benchmarks" / "results").glob(f"*{TAG}*"))
 
 
+@pytest.mark.slow  # gpu-check's sweep in a subprocess
 def test_injected_kernel_fault_fails_the_stage(tmp_path):
     """VS_GPU_CHECK_INJECT_FAULT=select breaks the Triton score pass: the sweep's automatic select_tokens calls must
     raise (strict kernels) rather than pass on the torch fallback, and the stage is reported as failed."""

@@ -1,4 +1,4 @@
-"""Property-based fuzz of the plugin's request surface (issue 14 item 5), through RetentionMiddleware around a fake app.
+"""Property-based fuzz of the plugin's request surface, through RetentionMiddleware around a fake app.
 
 Any JSON value in the selection options, at the top level and inside ``mm_processor_kwargs`` (plus foreign keys and
 ``media_io_kwargs``), on every POST path the middleware guards and on others: the answer is either the app's (the

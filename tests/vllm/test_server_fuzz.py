@@ -1,4 +1,4 @@
-"""Property-based fuzz of the request surface against a real ``vs-vllm serve`` (issue 14 item 5).
+"""Property-based fuzz of the request surface against a real ``vs-vllm serve``: never a 5xx, never a traceback.
 
 The middleware's own fuzz test (tests/unit/test_middleware_fuzz.py) checks its exact answers around a fake app; here the
 same strategies hit the real server (middleware, vLLM's request validation, the processor, the engine) on every POST

@@ -21,7 +21,8 @@ What one run does (``vs-vllm bench decode``; ``--quick`` for a ~2 minute smoke r
    TTFT p50 over requests, the server's own histogram means (``vllm:inter_token_latency_seconds``, ...);
 5. writes ``decode_cpu[_tiny].csv`` (one row per run), ``..._requests.csv`` (one row per request), ``..._meta.json``,
    ``....md`` (per cell the median over repeats with its min-max spread, the plugin/stock ratio of the medians with the
-   spread of the per-repeat ratios, the goals of issue 15 met or not) and ``..._itl.png`` (with matplotlib).
+   spread of the per-repeat ratios, the zero-overhead goals (:data:`GOALS`) met or not) and ``..._itl.png`` (with
+   matplotlib).
 
 ``--report-only DIR`` rebuilds the markdown and the plot from those files.
 """
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vs_vllm.benchmarking.paths import portable_text
 from vs_vllm.benchmarking.report import _num  # stdlib-only module: cheap at CLI start-up
 
 __all__ = ["DecodeConfig", "Workload", "add_arguments", "config_from_args", "main", "run_benchmark",
@@ -57,16 +59,17 @@ TEXT_QUESTION = ("Write a detailed description of a busy harbour at dawn: the bo
                  "the quays and the weather.")
 DEFAULT_MODEL_DIRS = {"bench": ".cache/bench-qwen2_5_vl", "tiny": ".cache/tiny-qwen2_5_vl"}
 QUICK_OUT = ".cache/bench-decode-quick"
-#: The goals of issue 15: (workload, metric column, label). Each is met when plugin / stock <= 1 + GOAL_TOLERANCE.
+#: What "zero cost when nothing is pruned" means, measured: (workload, metric column, label). Each is met when
+#: plugin / stock <= 1 + GOAL_TOLERANCE.
 GOALS = (
     ("text", "ttft_p50_ms", "text-only TTFT p50"),
     ("text", "itl_p50_ms", "text-only ITL p50"),
     ("image-r1", "itl_p50_ms", "ratio-1.0 image ITL p50"),
     ("image-r1", "ttft_p50_ms", "ratio-1.0 image TTFT p50"),
 )
-#: Beside the goals, not goals of the issue: TPOT, and the server's ITL mean (engine-core timestamps of consecutive
-#: tokens: the per-step time with the plugin's model-runner work, whatever the API server and the client do with the
-#: stream; the one per-step measure a burst, see BURST_GAP_MS, cannot distort).
+#: Reported beside the goals, not goals themselves: TPOT, and the server's ITL mean (engine-core timestamps of
+#: consecutive tokens: the per-step time with the plugin's model-runner work, whatever the API server and the client do
+#: with the stream; the one per-step measure a burst, see BURST_GAP_MS, cannot distort).
 SUPPLEMENTARY_GOALS = (
     ("text", "tpot_p50_ms", "text-only TPOT p50 (supplementary)"),
     ("text", "srv_itl_ms", "text-only server ITL mean (supplementary)"),
@@ -485,7 +488,7 @@ def run_benchmark(cfg: DecodeConfig, model_dir: Path, out_dir: Path, command_lin
             server.stop()
         threads = worker_threads_from_log(server.log_path)
         meta["sessions"].append({"session": i, "repeat": rep, "server": name, "startup_s": round(startup, 1),
-                                 "worker_threads": threads, "log": str(server.log_path)})
+                                 "worker_threads": threads, "log": portable_text(server.log_path)})
         meta["worker_threads"] = meta.get("worker_threads") or threads
         for row, result in zip(rows, results):
             run_id = len(runs)
@@ -681,7 +684,7 @@ def render_markdown(runs: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
     goals = goal_rows(summary)
     noise_metrics = (*METRICS, ("srv_itl_ms", "server ITL mean"))
     noise = {col: summary.noise_floor(col) for col, _ in noise_metrics}
-    lines += ["## Goals (issue 15)", "",
+    lines += ["## Goals", "",
               "Plugin / stock ratio of the medians over repeats; a goal is met when it is at most 1.01.", ""]
     lines += _table(["goal", "plugin / stock [per-repeat min–max]", "verdict"],
                     [[g["goal"], _ratio_text((g["ratio"], g["lo"], g["hi"])), g["verdict"]] for g in goals],
@@ -908,7 +911,7 @@ def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> i
             print(path)
         return 0
     cfg, model_dir, out, scorer = config_from_args(args)
-    command = " ".join([prog, *map(shlex.quote, argv)])
+    command = portable_text(" ".join([prog, *map(shlex.quote, argv)]))
     path = run_benchmark(cfg, model_dir, out, command, scorer=scorer)
     print(f"[decode] wrote {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Fuzz: property-based requests against one vs-vllm server (``vs-vllm bench fuzz``; issue 14 item 5).
+"""Fuzz: property-based requests against one vs-vllm server (``vs-vllm bench fuzz``): no body may get a 5xx.
 
 Hypothesis draws request bodies from the shared strategies (``vs_vllm.testing.fuzz``): any JSON value in
 ``retention_ratio``, ``video_retention_ratio``, ``selection_method``, ``selection_seed``, ``selection_lambda`` and
@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vs_vllm.benchmarking.paths import portable_text
 
 __all__ = ["add_arguments", "answer_problem", "post_json", "pruned_answer", "run_fuzz", "run_from_args"]
 
@@ -227,6 +229,6 @@ def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> i
         return 2
     out = args.out_dir or (Path(".cache/fuzz-quick") if args.quick else Path("benchmarks/results"))
     summary = run_fuzz(out, examples=args.examples, seed=args.seed, model_dir=args.model_dir, scorer=args.scorer,
-                       base_url=args.base_url, command=" ".join([prog, *argv]))
+                       base_url=args.base_url, command=portable_text(" ".join([prog, *argv])))
     ok = summary["broken"] == 0 and summary["same_answer"] and summary["health_end"] == 200
     return 0 if ok else 1

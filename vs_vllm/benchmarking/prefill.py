@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from vs_vllm.benchmarking.flops import Media
+from vs_vllm.benchmarking.paths import portable_text
 
 __all__ = ["SweepConfig", "add_arguments", "config_from_args", "main", "run_benchmark"]
 
@@ -452,7 +453,7 @@ def versions() -> dict[str, str]:
 
 def _server_command_line(server: Any, plugin: bool) -> str:
     env = "VS_VLLM_*=unset " if not plugin else ""
-    return env + shlex.join(server.argv()).replace(str(Path(sys.executable)), "python")
+    return env + portable_text(shlex.join(server.argv()))
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -697,7 +698,7 @@ def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> i
         print(report_only(Path(args.report_only), stem))
         return 0
     cfg, out = config_from_args(args)
-    command = " ".join([prog, *map(shlex.quote, argv)])
+    command = portable_text(" ".join([prog, *map(shlex.quote, argv)]))
     path = run_benchmark(cfg, Path(args.model_dir), out, command)
     print(f"[bench] wrote {path}")
     return 0

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vs_vllm.benchmarking.paths import portable_text
+
 __all__ = ["StressConfig", "add_arguments", "run_from_args", "run_stress"]
 
 KINDS = {"chat": 0.80, "oversized": 0.04, "disconnect": 0.07, "bad": 0.08, "unreachable": 0.01}
@@ -421,5 +423,5 @@ def run_from_args(args: argparse.Namespace, prog: str, argv: Sequence[str]) -> i
                        seed=args.seed)
     out = args.out_dir or (Path(".cache/stress-quick") if args.quick else Path("benchmarks/results"))
     summary = run_stress(cfg, out, model_dir=args.model_dir, scorer=args.scorer, base_url=args.base_url,
-                         stem="stress_cpu", command=" ".join([prog, *argv]))
+                         stem="stress_cpu", command=portable_text(" ".join([prog, *argv])))
     return 0 if summary["status_5xx"] == 0 and summary["health_end"] == 200 else 1

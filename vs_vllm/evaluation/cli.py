@@ -10,6 +10,7 @@ import shlex
 import sys
 from typing import Any
 
+from vs_vllm.benchmarking.paths import portable_text
 from vs_vllm.evaluation.data import dedupe, load_samples, parse_list, parse_ratios
 from vs_vllm.evaluation.errors import EvalError
 from vs_vllm.evaluation.report import write_outputs
@@ -50,10 +51,10 @@ def run_eval(args: argparse.Namespace) -> int:
         "date": started.isoformat(timespec="seconds"),
         "server": args.base_url,
         "model": args.model,
-        "data": f"{args.data} ({len(samples)} samples)",
+        "data": f"{portable_text(args.data)} ({len(samples)} samples)",
         "methods": ", ".join(methods),
         "machine (client)": machine_info(),
-        "command": "`vs-vllm eval " + shlex.join(sys.argv[2:] if _invoked_as_eval() else []) + "`",
+        "command": "`vs-vllm eval " + portable_text(shlex.join(sys.argv[2:] if _invoked_as_eval() else [])) + "`",
     }
     title = args.title or f"{args.model}: {args.metric} vs retention ratio ({len(samples)} samples)"
     paths = write_outputs(predictions, methods, args.out_dir, name=args.name, metric=args.metric, title=title,

@@ -1,5 +1,5 @@
-"""Hypothesis strategies for the plugin's request surface (issue 14 item 5): shared by the middleware fuzz test (a fake
-app), the fuzz test against a real server, and the committed fuzz run (``vs-vllm bench fuzz``).
+"""Hypothesis strategies for the plugin's request surface (every body a client may send): shared by the middleware
+fuzz test (a fake app), the fuzz test against a real server, and the committed fuzz run (``vs-vllm bench fuzz``).
 
 Any JSON value in the selection options, at the top level and inside ``mm_processor_kwargs`` (plus foreign keys and
 ``media_io_kwargs``), on every POST path the middleware guards and on others. Needs ``hypothesis`` (the ``dev`` extra).
