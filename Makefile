@@ -5,12 +5,13 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint clean
+.PHONY: help setup demo test test-mrv2 test-fast lint clean
 
 help:
 	@echo "make demo       serve the committed synthetic-benchmark model with vLLM + the plugin, sweep ratio x method"
-	@echo "make test       the whole test suite (CPU; builds the environment on first use)"
-	@echo "make test-fast  unit tests only (no vLLM server)"
+	@echo "make test       the whole test suite on vLLM's V1 runner, then the engine tests on Model Runner V2 (CPU)"
+	@echo "make test-mrv2  only the engine tests, on Model Runner V2 (vLLM's runner on GPUs and in 0.34)"
+	@echo "make test-fast  unit and property tests (< 3 min): no vLLM, HF model, compile or subprocess (-m 'not slow')"
 	@echo "make test-parallel  only the TP/DP/PP 2 tests on the CPU backend vs one process (~2 min; part of make test)"
 	@echo "make setup      build or check the CPU environment in $(VENV)"
 	@echo "make lint       ruff"
@@ -24,10 +25,19 @@ setup:
 demo: setup
 	@$(VPY) -m vs_vllm demo
 
-# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass. make test runs the whole suite on
+# vLLM's V1 model runner, then every engine-driving test (marker runner_matrix) again on Model Runner V2 (the runner GPU
+# users run, on this CPU through the test bed that make setup installs); it fails if either pass fails.
+PYTEST_CHECKED = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; rc=1; fi
 test: setup
-	@$(VPY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	@$(VPY) -m pytest --runner v1 $(PYTEST_ARGS); $(PYTEST_CHECKED); v1=$$rc; \
+	$(VPY) -m pytest --runner mrv2 -m runner_matrix $(PYTEST_ARGS); $(PYTEST_CHECKED); \
+	echo "[make test] V1 pass exit $$v1, Model Runner V2 pass exit $$rc"; \
+	if [ $$v1 -ne 0 ]; then exit $$v1; fi; exit $$rc
+
+# Only the engine-driving tests, on Model Runner V2 (vLLM's switch VLLM_USE_V2_MODEL_RUNNER=1 for every process).
+test-mrv2: setup
+	@$(VPY) -m pytest --runner mrv2 -m runner_matrix $(PYTEST_ARGS); $(PYTEST_CHECKED); exit $$rc
 
 # vLLM's parallelism with the plugin (tensor, data and pipeline parallel 2 on the CPU backend), alone; make test runs it too.
 test-parallel: setup
@@ -61,10 +71,10 @@ bench-prefill-quick: setup
 bench-prefill-video: setup
 	@$(VPY) -m vs_vllm bench prefill --workload video --video-frames 16,32 $(BENCH_ARGS)
 
-# Decode benchmark (issue 15): ITL p50/p99, TPOT and TTFT of stock vLLM vs vs-vllm for text-only, ratio-1.0 and
-# ratio-0.3 image requests, one server at a time, 3 repeats in ABBA order. Needs a quiet machine: results go to
-# benchmarks/results/decode_cpu.* (~10 min on 2 cores); BENCH_ARGS="--model-kind tiny" for the tiny model
-# (decode_cpu_tiny.*), BENCH_ARGS=--quick for a ~2 min smoke run into .cache/bench-decode-quick/.
+# Decode benchmark (the plugin's cost when nothing is pruned): ITL p50/p99, TPOT and TTFT of stock vLLM vs vs-vllm
+# for text-only, ratio-1.0 and ratio-0.3 image requests, one server at a time, 3 repeats in ABBA order. Needs a quiet
+# machine: results go to benchmarks/results/decode_cpu.* (~10 min on 2 cores); BENCH_ARGS="--model-kind tiny" for the
+# tiny model (decode_cpu_tiny.*), BENCH_ARGS=--quick for a ~2 min smoke run into .cache/bench-decode-quick/.
 .PHONY: bench-decode
 bench-decode: setup
 	@$(VPY) -m vs_vllm bench decode $(BENCH_ARGS)
@@ -80,9 +90,9 @@ bench-synthetic: setup
 bench-synthetic-quick: setup
 	@$(VPY) benchmarks/synthetic/run_benchmark.py --quick --arch $(ARCH) $(BENCH_ARGS)
 
-# The synthetic video task (issue 13) on the committed video model (BENCH_ARGS="--model-dir benchmarks/synthetic/model"
-# for the image model zero-shot): 4-scene videos with the striped target
-# in one scene, every method x video_retention_ratio through vs-vllm serve (~4 min on 2 cores); results go to
+# The synthetic video task (benchmarks/synthetic/video_quality.py) on the committed video model
+# (BENCH_ARGS="--model-dir benchmarks/synthetic/model" for the image model zero-shot): 4-scene videos with the striped
+# target in one scene, every method x video_retention_ratio through vs-vllm serve (~4 min on 2 cores); results go to
 # benchmarks/results/synthetic_video_model_video_accuracy.{md,csv,png}.
 .PHONY: bench-synthetic-video
 bench-synthetic-video: setup

@@ -90,13 +90,14 @@ def one_process_answers(plugin_server):
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_parallel_serving_matches_one_process(one_process_answers, tiny_model_dir, scorer_file, tmp_path,
                                               config, vllm_runner) -> None:
-    from vs_vllm.testing.server import VLLMServer, tiny_serve_args
+    from vs_vllm.testing.server import VLLMServer, cpu_env, tiny_serve_args
 
     parallel_args, env, eager = CONFIGS[config]
     base = [a for a in tiny_serve_args(max_images=4, max_videos=2) if eager or a != "--enforce-eager"]
     server = VLLMServer(tiny_model_dir, ["--scorer", str(scorer_file), *base, *parallel_args,
                                          "--distributed-executor-backend", "mp"],
-                        env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", **env},
+                        # the whole environment (the session's runner switch included) plus this config's
+                        env=cpu_env(VLLM_CPU_OMP_THREADS_BIND="0|1", **env),
                         command=[sys.executable, "-m", "vs_vllm", "serve"], log_path=tmp_path / "server.log",
                         startup_timeout=600)
     server.start()

@@ -18,6 +18,11 @@ Selection with the learned scorer reads bf16 vision features in vLLM: on this ra
 keep-K boundary differ by ~1e-4, the size of the bf16 perturbation, so the ``visionselector`` cases below are ones
 whose boundary is stable on the CI CPU; ``uniform`` and seeded ``random`` do not read the features and pin the
 pruning, positions and hybrid-cache path independently of that.
+
+On Model Runner V2 (this CPU's test bed) stock vLLM 0.32 itself serves this hybrid model wrongly: greedy token 0 at
+every step, with or without the plugin (Qwen2.5-VL in bf16 on the same runner is right, and V1 serves Qwen3.5 right).
+There the answers are compared with stock only and the prompts with the reference (``V1_ANSWERS``), and
+``test_stock_mrv2_serves_qwen3_5_like_the_reference`` is an expected failure that turns red when vLLM fixes it.
 """
 
 from __future__ import annotations
@@ -216,6 +221,29 @@ def _check_against_reference(hf, reference, key, ratio, resp, method="visionsele
     return False
 
 
+#: The tests that compare served answers with the reference run only on V1 (see the module docstring).
+V1_ANSWERS = pytest.mark.runner_only(
+    "v1", why="stock vLLM 0.32's Model Runner V2 on the CPU answers token 0 for Qwen3.5 (with or without the plugin)")
+
+
+@pytest.mark.runner_only("mrv2", why="documents a stock-vLLM defect of Model Runner V2 on the CPU")
+@pytest.mark.xfail(strict=True, reason="stock vLLM 0.32's MRv2 on the CPU serves Qwen3.5 as greedy token 0")
+def test_stock_mrv2_serves_qwen3_5_like_the_reference(stock_answers, hf, reference) -> None:
+    _check_against_reference(hf, reference, "square", 1.0, stock_answers["square"])
+
+
+@pytest.mark.runner_only("mrv2", why="on V1 the answers themselves are compared with the reference")
+@pytest.mark.parametrize("key,ratio,method,seed", [("two-images", 0.3, "uniform", None), ("tall", 0.1, "uniform", None),
+                                                   ("three-images", 0.5, "random", 7)])
+def test_pruned_prompt_sizes_match_the_reference_on_mrv2(plugin_server, reference, key, ratio, method, seed) -> None:
+    options = {"retention_ratio": ratio, "selection_method": method}
+    if seed is not None:
+        options["selection_seed"] = seed
+    resp = _chat(plugin_server, key, **options)
+    _, prompt = reference(key, ratio, method, seed)
+    assert resp.usage.prompt_tokens == prompt.prompt_tokens < _chat(plugin_server, key).usage.prompt_tokens
+
+
 @pytest.mark.parametrize("key", ["square", "two-images"])
 def test_ratio_one_is_token_identical_to_stock_vllm(stock_answers, plugin_server, key) -> None:
     ours = _chat(plugin_server, key, retention_ratio=1.0)
@@ -224,6 +252,7 @@ def test_ratio_one_is_token_identical_to_stock_vllm(stock_answers, plugin_server
     assert ours.choices[0].token_ids == stock.choices[0].token_ids
 
 
+@V1_ANSWERS
 def test_ratio_one_matches_the_reference(plugin_server, hf, reference) -> None:
     """The unpruned model itself (bf16 server vs fp32 transformers) agrees up to bf16 near-ties."""
     for key in ("square", "two-images"):
@@ -244,6 +273,7 @@ CASES = [
 ]
 
 
+@V1_ANSWERS
 @pytest.mark.parametrize("key,ratio,method,seed", CASES, ids=[f"{k}-{r}-{m}" for k, r, m, _ in CASES])
 def test_pruned_matches_hf_reference(plugin_server, hf, reference, key, ratio, method, seed) -> None:
     options = {"retention_ratio": ratio, "selection_method": method}
@@ -274,6 +304,7 @@ VIDEO_CASES = [
 ]
 
 
+@V1_ANSWERS
 @pytest.mark.parametrize("key,ratio,video_ratio,method,seed", VIDEO_CASES,
                          ids=[f"{k}-{r}-{v}-{m}" for k, r, v, m, _ in VIDEO_CASES])
 def test_pruned_video_matches_hf_reference(plugin_server, hf, reference, key, ratio, video_ratio, method,
@@ -294,6 +325,7 @@ def test_pruned_video_matches_hf_reference(plugin_server, hf, reference, key, ra
     _check_against_reference(hf, reference, key, ratio, resp, method, seed, video_ratio)
 
 
+@V1_ANSWERS
 def test_some_pruned_cases_are_compared_exactly(plugin_server, hf, reference) -> None:
     """Guards the tolerance from hiding everything: these cases have no reference near-tie, so they are exact."""
     exact = [
@@ -316,6 +348,7 @@ def _prefix_cache_hits(server) -> float:
                if line.startswith(("vllm:prefix_cache_hits_total ", "vllm:prefix_cache_hits_total{")))
 
 
+@V1_ANSWERS
 def test_prefix_caching_across_ratios(stock_answers, plugin_server, hf, reference) -> None:
     """Four images at alternating ratios: the unpruned prompt (289 tokens) re-hits its first 256-token block (the
     hybrid model's attention block; vLLM restores the gated-delta-net state saved at that boundary), pruned prompts
