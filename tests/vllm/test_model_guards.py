@@ -18,9 +18,13 @@ import textwrap
 import pytest
 
 from vs_vllm.testing.server import cpu_env
+from vs_vllm.vllm_plugin.patches import installed_vllm_version
+from vs_vllm.vllm_plugin.patches.surface import probed_touches
 from vs_vllm.vllm_plugin.pruning.encoder_budget import plan_micro_batches
 
 pytestmark = [pytest.mark.slow, pytest.mark.runner_matrix]
+
+ARCHITECTURES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}
 
 SCRIPT = textwrap.dedent(
     """
@@ -66,6 +70,14 @@ SCRIPT = textwrap.dedent(
             model.vs_encoder_budget = max(n) + 1  # forces one call per image here
             split = [t.clone() for t in model.embed_multimodal(**dict(kwargs))]
         model.visual.forward = original
+        # The attributes and keys the plugin reads from the loaded model, by the table (probe "loaded_model").
+        from vs_vllm.vllm_plugin.patches import installed_vllm_version
+        from vs_vllm.vllm_plugin.patches.surface import check_member, probed_touches
+        parsed = model._parse_and_validate_multimodal_inputs(**dict(kwargs))
+        touches = probed_touches("loaded_model", installed_vllm_version(), None, [model.vs_adapter.architecture])
+        out["model_checked"] = [f"{t.symbol}[{t.member}]" for t in touches]
+        out["model_problems"] = [p for p in (check_member(t, parsed if t.kind == "key" else model) for t in touches)
+                                 if p]
         out["tokens"] = n
         out["whole_calls"] = whole_calls
         out["split_calls"] = calls
@@ -89,6 +101,12 @@ SCRIPT = textwrap.dedent(
         else:
             result["runner"] = "v1"
             result["runner_pruning_flag"] = bool(getattr(runner, "is_multimodal_pruning_enabled", False))
+        # The runner's attributes the plugin reads (probe "runner"; V1's media-steps patch), on this runner.
+        from vs_vllm.vllm_plugin.patches import installed_vllm_version
+        from vs_vllm.vllm_plugin.patches.surface import check_member, probed_touches
+        touches = probed_touches("runner", installed_vllm_version(), result["runner"], [])
+        result["runner_checked"] = [t.symbol for t in touches]
+        result["runner_problems"] = [p for p in (check_member(t, runner) for t in touches) if p]
         print("RESULT " + json.dumps(result))
 
     if __name__ == "__main__":
@@ -111,6 +129,15 @@ def test_loaded_model_guards(arch, tiny_model_dir, tiny_qwen2_vl_dir, scorer_fil
     result = json.loads(line[len("RESULT "):])
 
     assert result["runner"] == vllm_runner
+    # Every attribute and key the table says a loaded model and its runner must have, looked up on the real ones.
+    version = installed_vllm_version()
+    model_touches = probed_touches("loaded_model", version, None, [ARCHITECTURES[arch]])
+    assert result["model_checked"] == [f"{t.symbol}[{t.member}]" for t in model_touches] and model_touches
+    assert result["model_problems"] == []
+    runner_touches = probed_touches("runner", version, vllm_runner, [])
+    assert result["runner_checked"] == [t.symbol for t in runner_touches]
+    assert bool(runner_touches) == (vllm_runner == "v1")  # only V1's media-steps patch reads runner state
+    assert result["runner_problems"] == []
     assert result["class"].startswith("Vs")
     assert result["cudagraph_modalities"] == []
     assert result["marker"] is True and result["runner_pruning_flag"] is True

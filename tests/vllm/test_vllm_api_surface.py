@@ -18,6 +18,7 @@ import pytest
 from vs_vllm.envsetup.vllm_sources import PINNED_WHEELS, vllm_python_dir
 from vs_vllm.vllm_plugin.patches import (
     PRIVATE_API,
+    PROBES,
     PUBLIC_HOOKS,
     RUNNERS,
     RUNTIME_PATCHES,
@@ -34,7 +35,7 @@ def _minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
-@pytest.mark.parametrize("touch", ALL, ids=[t.symbol.split(":")[1] for t in ALL])
+@pytest.mark.parametrize("touch", ALL, ids=[t.symbol.split(":")[1] + (f"[{t.member}]" if t.member else "") for t in ALL])
 def test_symbol_exists_with_expected_signature(touch) -> None:
     if _minor(installed_vllm_version()) not in touch.versions:
         pytest.skip(f"{touch.symbol} is only used on vLLM {touch.versions}")
@@ -50,7 +51,11 @@ def test_adapter_protected_calls_exist() -> None:
 def test_installed_vllm_is_supported_and_table_is_documented() -> None:
     assert _minor(installed_vllm_version()) in SUPPORTED_VLLM
     for touch in [*ALL, *adapter_touches()]:
-        assert touch.kind in ("patch", "override", "call", "relies") and touch.why and touch.where
+        assert touch.kind in ("patch", "override", "call", "relies", "attribute", "key") and touch.why and touch.where
+        # a key, or an attribute only instances have, is checked on a real object by a named probe
+        assert (touch.kind == "key") == (touch.member is not None), touch
+        assert touch.probe is None or touch.probe in PROBES, touch
+        assert touch.kind != "key" or touch.probe is not None, touch
         assert set(touch.versions) <= set(SUPPORTED_VLLM) and set(touch.runners) <= set(RUNNERS), touch.symbol
     for patch in RUNTIME_PATCHES:
         assert any(t.symbol == patch.target and t.kind == "patch" for t in PRIVATE_API), \

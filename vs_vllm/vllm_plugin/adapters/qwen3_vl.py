@@ -50,7 +50,12 @@ class Qwen3VLAdapter(ArchitectureAdapter):
             ("tokens_per_frame", "timestamps", "tokenizer", "vision_start_token_id", "vision_end_token_id",
              "video_token_id", "select_token_id"),
             "build a video's per-frame prompt (timestamps, frame markers) with our token counts",
-            f"adapter {type(self).__name__}"))
+            f"adapter {type(self).__name__}"), ApiTouch(
+            "vllm.multimodal.processing.processor:BaseMultiModalProcessor.apply", "key", None,
+            "a processed video's frame timestamps, for its pruned per-frame prompt", f"adapter {type(self).__name__}",
+            member="mm_kwargs.video.0.timestamps", probe="processor"), ApiTouch(
+            f"{self.vllm_model}.config", "attribute", None, "the model's HF config (token ids, merge size)",
+            f"adapter {type(self).__name__}", probe="loaded_model"))
 
     def fill_kwargs(self, hf_config: Any) -> dict[str, Any]:
         return {"frame_anchor_id": int(hf_config.vision_start_token_id)}

@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "PRIVATE_API",
+    "PROBES",
     "RUNNERS",
     "RUNTIME_PATCHES",
     "RuntimePatch",
@@ -87,13 +88,28 @@ class ApiTouch:
 
     symbol: str  # "module:Qualified.name"
     #: "patch" | "override" (protected method we override) | "call" (protected/private symbol we call) | "relies"
-    #: (vLLM code that calls our hooks under conditions we depend on; never called by us)
+    #: (vLLM code that calls our hooks under conditions we depend on; never called by us) | "attribute" (an
+    #: attribute we read: ``symbol`` names it on its class) | "key" (a key we read from what ``symbol`` returns or
+    #: holds: ``member``)
     kind: str
     params: tuple[str, ...] | None  # expected parameter names (None: only existence is checked)
     why: str
     where: str  # the vs-vllm module that touches it
     versions: tuple[str, ...] = SUPPORTED_VLLM
     runners: tuple[str, ...] = RUNNERS  # the model runners on which it matters
+    member: str | None = None  # for kind "key": the key
+    #: For attributes set on instances and for keys: the real call that shows them (:data:`PROBES`); None when the
+    #: symbol resolves on the class itself (a method, a property, a dataclass field).
+    probe: str | None = None
+
+
+#: The real calls that check the entries a signature cannot: probe -> where it runs.
+PROBES = {
+    "processor": "tests/vllm/test_vllm_api_results.py: vLLM's processor (with the plugin) applied to an image and a "
+                 "video of each tiny architecture",
+    "loaded_model": "tests/vllm/test_model_guards.py: the model vLLM loaded (offline LLM, plugin enabled)",
+    "runner": "tests/vllm/test_model_guards.py: the model runner that loaded it",
+}
 
 
 def touches_for(touches, version: str, runner: str | None = None) -> list[ApiTouch]:
@@ -162,6 +178,56 @@ PRIVATE_API: tuple[ApiTouch, ...] = (
              "pruning/hook.py"),
     ApiTouch("vllm.config.scheduler:SchedulerConfig.max_num_encoder_input_tokens", "call", None,
              "the encoder budget memory profiling was sized for (vision-tower micro-batching)", "pruning/model.py"),
+    # What the processor override reads from vLLM's processing (checked on a real processor call).
+    ApiTouch(f"{_PROCESSOR}.apply", "key", None, "each item's placeholder range (K_i per request)",
+             "pruning/processor.py", member="mm_placeholders", probe="processor"),
+    ApiTouch(f"{_PROCESSOR}.apply", "key", None, "a video's processed grid (N_i per request)",
+             "pruning/processor.py", member="mm_kwargs", probe="processor"),
+    ApiTouch(f"{_PROCESSOR}.apply", "key", None, "remembers a video's N_i by item hash for processor-cache hits",
+             "pruning/processor.py", member="mm_hashes", probe="processor"),
+    ApiTouch("vllm.model_executor.models.qwen2_vl:Qwen2VLProcessingInfo.get_num_image_tokens", "call",
+             ("self", "image_width", "image_height", "image_processor", "mm_kwargs"),
+             "an image's unpruned token count (N_i per request); every adapted architecture's info inherits it",
+             "pruning/processor.py"),
+    ApiTouch("vllm.multimodal.inputs:PlaceholderRange.get_num_embeds", "call", ("self",),
+             "a video's K_i (Qwen3-VL's placeholder range also spans its timestamp text)", "pruning/processor.py"),
+    ApiTouch("vllm.multimodal.inputs:PlaceholderRange.offset", "attribute", None, "where a media item starts",
+             "pruning/adapter.py, patches/media_steps.py"),
+    ApiTouch("vllm.multimodal.inputs:PlaceholderRange.length", "attribute", None,
+             "how many prompt tokens a media item spans", "pruning/adapter.py, pruning/processor.py"),
+    ApiTouch("vllm.multimodal.inputs:MultiModalFieldConfig.batched", "call", ("modality", "keep_on_cpu"),
+             "the per-item selection fields stay on the CPU (read without a device sync)", "pruning/processor.py"),
+    ApiTouch("vllm.multimodal.inputs:MultiModalFeatureSpec.mm_position", "attribute", None,
+             "a request's media item's placeholder range", "pruning/adapter.py, patches/media_steps.py"),
+    ApiTouch("vllm.multimodal.inputs:MultiModalFeatureSpec.modality", "attribute", None, "image or video",
+             "adapters/qwen3_vl.py"),
+    ApiTouch("vllm.multimodal.inputs:MultiModalFeatureSpec.data", "attribute", None,
+             "a media item's processed fields (its grid)", "adapters/qwen3_vl.py"),
+    ApiTouch("vllm.multimodal.processing.inputs:ProcessorInputs.mm_data_items", "attribute", None,
+             "the request's images and their sizes (N_i of each image)", "pruning/processor.py"),
+    ApiTouch("vllm.multimodal.processing.inputs:ProcessorInputs.hf_processor_mm_kwargs", "attribute", None,
+             "the request's processor kwargs, selection options included", "pruning/processor.py"),
+    ApiTouch("vllm.multimodal.parse:ImageProcessorItems.get_image_size", "call", ("self", "item_idx"),
+             "an image's size, for its unpruned token count", "pruning/processor.py"),
+    ApiTouch("vllm.v1.worker.encoder_cudagraph_defs:EncoderCudaGraphConfig.modalities", "attribute", None,
+             "emptied (dataclasses.replace) so no modality takes the encoder CUDA-graph path, which skips the hook",
+             "pruning/model.py"),
+    # The V1 runner's state the media-steps patch reads on every step.
+    ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner.requests", "attribute", None,
+             "the step's cached request states", "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",), probe="runner"),
+    ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner.input_batch", "attribute", None,
+             "the step's request ids", "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",), probe="runner"),
+    ApiTouch("vllm.v1.worker.gpu_model_runner:GPUModelRunner.is_multimodal_pruning_enabled", "attribute", None,
+             "the flag the media-steps patch turns off for steps without media rows (and the CPU patch sets)",
+             "patches/media_steps.py, patches/cpu_runner.py", V1_RUNNER_VLLM, ("v1",), probe="runner"),
+    ApiTouch("vllm.v1.worker.gpu_input_batch:InputBatch.req_ids", "attribute", None, "the step's request ids",
+             "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",)),
+    ApiTouch("vllm.v1.worker.gpu_input_batch:CachedRequestState.mm_features", "attribute", None,
+             "a request's media items", "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",)),
+    ApiTouch("vllm.v1.worker.gpu_input_batch:CachedRequestState.num_computed_tokens", "attribute", None,
+             "where the step's window starts", "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",)),
+    ApiTouch("vllm.v1.core.sched.output:SchedulerOutput.num_scheduled_tokens", "attribute", None,
+             "the step's window length per request", "patches/media_steps.py", V1_RUNNER_VLLM, ("v1",)),
 )
 
 #: Public model-extension hooks the generic layer implements, with the signatures it implements them with.

@@ -22,7 +22,8 @@ from vs_vllm.vllm_plugin.patches import (
     touches_for,
 )
 
-__all__ = ["adapter_touches", "check_override", "check_surface", "check_touch", "resolve"]
+__all__ = ["adapter_touches", "check_member", "check_override", "check_surface", "check_touch", "probed_touches",
+           "resolve"]
 
 
 def resolve(symbol: str) -> Any:
@@ -46,16 +47,57 @@ def adapter_touches() -> list[ApiTouch]:
 
 
 def check_touch(touch: ApiTouch) -> str | None:
-    """None when ``touch`` exists with its expected parameters, else what differs."""
+    """None when ``touch`` exists with its expected parameters, else what differs.
+
+    For a key, and for an attribute set on instances (an entry with a ``probe``), only what a signature can show is
+    checked here (the producing symbol, the owning class); :func:`check_member` checks the member on a real object.
+    """
+    symbol = touch.symbol
+    if touch.kind == "attribute" and touch.probe is not None:
+        symbol = symbol.rsplit(".", 1)[0]  # the class; the attribute itself exists only on its instances
     try:
-        obj = resolve(touch.symbol)
+        obj = resolve(symbol)
     except (ImportError, AttributeError) as exc:
-        return f"{touch.symbol} ({touch.where}): missing: {type(exc).__name__}: {exc}"
+        return f"{symbol} ({touch.where}): missing: {type(exc).__name__}: {exc}"
     if touch.params is not None:
         params = tuple(inspect.signature(obj).parameters)
         if params != touch.params:
             return f"{touch.symbol}: vLLM has {params}, vs-vllm ({touch.where}) uses {touch.params}"
     return None
+
+
+def check_member(touch: ApiTouch, obj: Any) -> str | None:
+    """For a probed entry: None when the real object ``obj`` (the call's result, or the instance) has the entry's
+    attribute, or its key path (``mm_kwargs.video.0.timestamps``: keys, and list indices where digits), else what
+    is missing."""
+    if touch.kind == "attribute":
+        name = touch.symbol.rsplit(".", 1)[1]
+        return None if hasattr(obj, name) else f"{touch.symbol} ({touch.where}): the {type(obj).__name__} has no {name!r}"
+    path: list[str] = []
+    for part in (touch.member or "").split("."):
+        path.append(part)
+        try:
+            obj = obj[int(part)] if part.isdigit() else obj[part]
+        except (KeyError, IndexError, TypeError):
+            return f"{touch.symbol} ({touch.where}): no {'.'.join(path)!r} in what it returned"
+    return None
+
+
+def probed_touches(probe: str, version: str, runner: str | None, archs: list[str] | None = None) -> list[ApiTouch]:
+    """The entries ``probe`` must check on vLLM ``version`` and ``runner``: the table's own, plus those of the
+    adapters of ``archs`` (vLLM architecture names; all adapters when None)."""
+    from vs_vllm.vllm_plugin.adapters import ADAPTERS, load_model_class
+
+    touches = [*PRIVATE_API, *PUBLIC_HOOKS]
+    for arch in ADAPTERS if archs is None else archs:
+        touches.extend(load_model_class(arch).vs_adapter.private_api)
+    seen: set[tuple[str, str | None]] = set()
+    out = []
+    for touch in touches_for(touches, version, runner):
+        if touch.probe == probe and (touch.symbol, touch.member) not in seen:
+            seen.add((touch.symbol, touch.member))
+            out.append(touch)
+    return out
 
 
 def check_override(touch: ApiTouch) -> str | None:

@@ -42,14 +42,35 @@ class ArchitectureAdapter:
         from vs_vllm.vllm_plugin.patches import ApiTouch
 
         where = f"adapter {type(self).__name__}"
-        return (
-            ApiTouch(f"{self.vllm_model}._parse_and_validate_multimodal_inputs", "call", ("self", "kwargs"),
-                     "parse the encoder kwargs exactly as the model does", where),
+        parse = f"{self.vllm_model}._parse_and_validate_multimodal_inputs"
+        apply = "vllm.multimodal.processing.processor:BaseMultiModalProcessor.apply"
+        touches = [
+            ApiTouch(parse, "call", ("self", "kwargs"), "parse the encoder kwargs exactly as the model does", where),
             ApiTouch(f"{self.vllm_model}._process_image_input", "call", ("self", "image_input"),
                      "run the vision tower on images", where),
             ApiTouch(f"{self.vllm_model}._process_video_input", "call", ("self", "video_input"),
                      "run the vision tower on videos", where),
-        )
+            ApiTouch(f"{self.vllm_model}.get_encoder_cudagraph_config", "call", ("self",),
+                     "the model's encoder CUDA-graph config, returned with no modality (pruning/model.py)", where),
+            ApiTouch(f"{self.vllm_model}.visual", "attribute", None,
+                     "the vision tower: the scorer is attached to it and loaded with its weights", where,
+                     probe="loaded_model"),
+        ]
+        # The parsed image input: its key in the parse result, and the keys split_input and item_grids_of read.
+        image = self.parsed_input_keys["image"]
+        for member in (image, f"{image}.type", f"{image}.{self.grid_fields['image']}",
+                       f"{image}.{self.pixel_fields['image']}"):
+            touches.append(ApiTouch(parse, "key", None, "the parsed image input", where, member=member,
+                                    probe="loaded_model"))
+        # The processed items' grids, read for N_i and by media_spans.
+        for modality in self.pruned_modalities:
+            touches.append(ApiTouch(apply, "key", None, f"a processed {modality} item's patch grid", where,
+                                    member=f"mm_kwargs.{modality}.0.{self.grid_fields[modality]}", probe="processor"))
+        if type(self).media_spans is ArchitectureAdapter.media_spans:
+            touches.append(ApiTouch(f"{self.vllm_model}.iter_mm_grid_thw", "call", ("self", "mm_features"),
+                                    "each media item's grid and temporal factor, as the model's own positions use",
+                                    where))
+        return tuple(touches)
 
     # ---- token ids and grids -----------------------------------------------------------------------------------
 
