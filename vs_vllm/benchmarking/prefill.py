@@ -547,6 +547,7 @@ def run_benchmark(cfg: SweepConfig, model_dir: Path, out_dir: Path, command_line
         for server in servers.values():
             server.stop()
     meta["sweep_s"] = round(time.monotonic() - t0, 1)
+    meta["runners"] = {name: server.model_runner() for name, server in servers.items()}
     threads = cfg.hf_threads or worker_threads_from_log(servers["stock"].log_path) or max(
         1, (meta["machine"]["cpus_available"] or 2) - 1)
     meta["worker_threads"] = worker_threads_from_log(servers["stock"].log_path)

@@ -498,6 +498,7 @@ def _header(meta: Mapping[str, Any], summary: Summary) -> list[str]:
         f"1-min load average during runs: {load_txt} (start {_fmt_load(m.get('loadavg_start'))}, end "
         f"{_fmt_load(meta.get('loadavg_end'))}).",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f", Python {m.get('python')}.",
+        f"- vLLM model runner: {runner_text(meta.get('runners'))}.",
         f"- vLLM worker: {meta.get('worker_threads')} OpenMP thread(s) (vLLM reserves one core for the API server "
         "and engine core).",
         sweep
@@ -510,6 +511,22 @@ def _header(meta: Mapping[str, Any], summary: Summary) -> list[str]:
         "",
         *commands_block(meta.get("command", ""), cmds),
     ]
+
+
+#: How reports name vLLM's model runners (what ``VLLMServer.model_runner()`` reads from a server's log).
+RUNNER_NAMES = {"v1": "V1", "mrv2": "Model Runner V2 (MRv2; on this CPU the test bed: vLLM's and the plugin's Triton "
+                "kernels run in Triton's interpreter)"}
+
+
+def runner_text(runners: Mapping[str, str] | None) -> str:
+    """The report line's text for the runners the servers ran (server name -> "v1" / "mrv2")."""
+    if not runners:
+        return "not recorded"
+    kinds = set(runners.values())
+    if len(kinds) == 1:
+        return f"{RUNNER_NAMES.get(next(iter(kinds)), next(iter(kinds)))}, every server"
+    return "MIXED, so the comparison is not like for like: " + ", ".join(
+        f"{name} {RUNNER_NAMES.get(r, r)}" for name, r in runners.items())
 
 
 def commands_block(command: str, server_commands: Mapping[str, str]) -> list[str]:
