@@ -39,6 +39,8 @@ MEDIA = {
 }
 #: keys whose prompt puts the videos before the images
 VIDEOS_FIRST = {"video+image"}
+#: a videos-first key -> the key with the same media, images first
+IMAGES_FIRST_TWIN = {"video+image": "image+video"}
 
 
 def _media(key):
@@ -150,7 +152,10 @@ def test_visual_token_counts_cover_videos_and_processor_cache_hits(arch_setup, h
     import json
 
     images, videos = MEDIA[key]
-    sizes = _item_sizes(hf_reference, key)  # images first, then videos, as in the prompt
+    # N_i of the images, then of the videos: a videos-first key takes them from its images-first twin (same media),
+    # so nothing here depends on the order in which the reference lists the items of a videos-first prompt.
+    sizes = _item_sizes(hf_reference, IMAGES_FIRST_TWIN.get(key, key))
+    assert MEDIA[IMAGES_FIRST_TWIN.get(key, key)] == MEDIA[key]
     ratio, video_ratio = 0.5, 0.2
     kept = [keep_count(n, ratio) for n in sizes[:len(images)]] + [keep_count(n, video_ratio)
                                                                    for n in sizes[len(images):]]
@@ -160,7 +165,8 @@ def test_visual_token_counts_cover_videos_and_processor_cache_hits(arch_setup, h
     for _ in range(2):
         media_images, media_videos = _media(key)
         raw = openai_client(plugin.base_url).chat.completions.with_raw_response.create(
-            model="tiny", messages=chat_messages(media_images, QUESTION, videos=media_videos), max_tokens=2,
+            model="tiny", messages=chat_messages(media_images, QUESTION, videos=media_videos,
+                                                 videos_first=key in VIDEOS_FIRST), max_tokens=2,
             temperature=0.0, extra_body={"retention_ratio": ratio, "video_retention_ratio": video_ratio})
         assert json.loads(raw.text)["usage"]["visual_tokens"] == expected
         assert int(raw.headers["x-vs-visual-tokens-kept"]) == expected["kept"]
