@@ -297,7 +297,6 @@ def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
     """
     import importlib
     import os
-    import types
 
     from vs_vllm.vllm_plugin.patches.post_import import run_after_import
 
@@ -315,11 +314,20 @@ def install_runtime_patches(version: str, *, is_cpu: bool) -> dict[str, str]:
         module_name, _, func = patch.installer.partition(":")
         installer = getattr(importlib.import_module(module_name), func)
         if patch.name in faulty:
-            installer = (lambda _module, install=installer, name=patch.module:
-                         install(types.ModuleType(f"{name} (without its symbols: {INJECT_PATCH_FAULT_ENV})")))
+            installer = _without_symbols(installer, patch.module)
         run_after_import(patch.module, installer)
         report[patch.name] = f"armed for {patch.target} ({'/'.join(patch.runners)} runner)"
     return report
+
+
+def _without_symbols(installer: Any, module_name: str) -> Any:
+    """The test hook's installer: ``installer`` handed an empty stand-in for vLLM's module (every target missing)."""
+    import types
+
+    def install(_module: Any) -> Any:
+        return installer(types.ModuleType(f"{module_name} (without its symbols: {INJECT_PATCH_FAULT_ENV})"))
+
+    return install
 
 
 def require_attr(owner: Any, name: str, symbol: str) -> Any:
