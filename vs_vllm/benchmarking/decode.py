@@ -487,10 +487,10 @@ def run_benchmark(cfg: DecodeConfig, model_dir: Path, out_dir: Path, command_lin
         finally:
             server.stop()
         threads = worker_threads_from_log(server.log_path)
+        runner = server.model_runner()
         meta["sessions"].append({"session": i, "repeat": rep, "server": name, "startup_s": round(startup, 1),
-                                 "worker_threads": threads, "runner": server.model_runner(),
-                                 "log": portable_text(server.log_path)})
-        meta.setdefault("runners", {})[f"{name} (session {i})"] = server.model_runner()
+                                 "worker_threads": threads, "runner": runner, "log": portable_text(server.log_path)})
+        meta.setdefault("runners", {})[f"{name} (session {i})"] = runner
         meta["worker_threads"] = meta.get("worker_threads") or threads
         for row, result in zip(rows, results):
             run_id = len(runs)
@@ -590,7 +590,7 @@ def goal_rows(summary: DecodeSummary) -> list[dict[str, Any]]:
         if math.isnan(ratio):
             verdict = "not measured"
         elif not math.isnan(spread) and spread > GOAL_TOLERANCE and abs(ratio - 1) <= spread:
-            # Identical stock servers differ this much between sessions: a +1% goal cannot be judged either way.
+            # One server's own sessions differ this much: a +1% goal cannot be judged either way.
             verdict = (f"not resolved: {ratio - 1:+.1%} vs stock, within the {spread:.1%} that one server's own "
                        "sessions differ by")
         elif ratio <= 1 + GOAL_TOLERANCE:

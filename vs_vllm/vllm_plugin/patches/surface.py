@@ -37,11 +37,12 @@ def resolve(symbol: str) -> Any:
     return obj
 
 
-def adapter_touches() -> list[ApiTouch]:
+def adapter_touches(archs: list[str] | None = None) -> list[ApiTouch]:
+    """The entries the adapters of ``archs`` declare (vLLM architecture names; every adapter when None)."""
     from vs_vllm.vllm_plugin.adapters import ADAPTERS, load_model_class
 
     touches: list[ApiTouch] = []
-    for arch in ADAPTERS:
+    for arch in ADAPTERS if archs is None else archs:
         touches.extend(load_model_class(arch).vs_adapter.private_api)
     return touches
 
@@ -86,11 +87,7 @@ def check_member(touch: ApiTouch, obj: Any) -> str | None:
 def probed_touches(probe: str, version: str, runner: str | None, archs: list[str] | None = None) -> list[ApiTouch]:
     """The entries ``probe`` must check on vLLM ``version`` and ``runner``: the table's own, plus those of the
     adapters of ``archs`` (vLLM architecture names; all adapters when None)."""
-    from vs_vllm.vllm_plugin.adapters import ADAPTERS, load_model_class
-
-    touches = [*PRIVATE_API, *PUBLIC_HOOKS]
-    for arch in ADAPTERS if archs is None else archs:
-        touches.extend(load_model_class(arch).vs_adapter.private_api)
+    touches = [*PRIVATE_API, *PUBLIC_HOOKS, *adapter_touches(archs)]
     seen: set[tuple[str, str | None]] = set()
     out = []
     for touch in touches_for(touches, version, runner):
