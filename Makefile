@@ -18,6 +18,8 @@ help:
 	@echo "make clean      remove build outputs and caches (keeps $(VENV))"
 	@echo "make gpu-check  on a CUDA machine (python3 + torch/triton/transformers, no venv): kernel tests, kernel and"
 	@echo "                HF 7B prefill timings -> benchmarks/results/*_<gpu>.* (+ \$$OUT); DRY_RUN=1 rehearses on the CPU"
+	@echo "make gpu-serve-pack   build the slim vLLM 0.33 bundle for the GPU machine in parts (.cache/gpu-serve-pack/)"
+	@echo "make gpu-serve-check  on the GPU machine, one part per command: stock vLLM vs vs-vllm serve, tiny models and"
 
 setup:
 	@$(PYTHON) -m vs_vllm.envsetup.setup_cpu_env --venv $(VENV)
@@ -110,3 +112,16 @@ GPU_CHECK_PY = $(if $(filter-out 0 false no,$(DRY_RUN)),$(if $(wildcard $(VPY)),
 
 gpu-check:
 	@DRY_RUN=$(DRY_RUN) $(GPU_CHECK_PY) benchmarks/gpu/gpu_check.py $(GPU_CHECK_ARGS)
+
+# vLLM on the GPU machine (benchmarks/gpu/README.md, "make gpu-serve-check"). gpu-serve-pack builds here, from the
+# registry, the slim vLLM 0.33 bundle pinned by benchmarks/gpu/serve_pack.lock, in parts of at most 64 MiB less the
+# working tree (.cache/gpu-serve-pack/partN, git-ignored); ~10 min on a fresh clone, seconds when up to date.
+# gpu-serve-check runs on the GPU machine once per part (each command carries one part; the last one runs the check),
+# in a GPU window before make gpu-check. DRY_RUN=1 rehearses it on the CPU. GPU_SERVE_CHECK_ARGS: e.g. --stages.
+.PHONY: gpu-serve-pack gpu-serve-check
+GPU_SERVE_CHECK_ARGS ?=
+gpu-serve-pack:
+	@$(if $(wildcard $(VPY)),$(VPY),$(PYTHON)) benchmarks/gpu/serve_pack.py build
+
+gpu-serve-check:
+	@DRY_RUN=$(DRY_RUN) $(GPU_CHECK_PY) benchmarks/gpu/serve_check.py $(GPU_SERVE_CHECK_ARGS)
