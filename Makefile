@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo       serve the committed synthetic-benchmark model with vLLM + the plugin, sweep ratio x method"
-	@echo "make test       the whole test suite on vLLM's V1 runner, then the engine tests on Model Runner V2 (CPU)"
+	@echo "make test       the whole test suite on vLLM's V1 runner and the engine tests on Model Runner V2 (CPU),"
+	@echo "                as three pytest processes side by side (TEST_SUITE_ARGS=--jobs 1: one after another)"
 	@echo "make test-mrv2  only the engine tests, on Model Runner V2 (vLLM's runner on GPUs and in 0.34)"
 	@echo "make test-fast  unit and property tests (< 3 min): no vLLM, HF model, compile or subprocess (-m 'not slow')"
 	@echo "make test-parallel  only the TP/DP/PP 2 tests on the CPU backend vs one process (~2 min; part of make test)"
@@ -20,6 +21,7 @@ help:
 	@echo "                HF 7B prefill timings -> benchmarks/results/*_<gpu>.* (+ \$$OUT); DRY_RUN=1 rehearses on the CPU"
 	@echo "make gpu-serve-pack   build the slim vLLM 0.33 bundle for the GPU machine in parts (.cache/gpu-serve-pack/)"
 	@echo "make gpu-serve-check  on the GPU machine, one part per command: stock vLLM vs vs-vllm serve, tiny models and"
+	@echo "                      a 7B-shaped benchmark -> benchmarks/results/serve_check_<gpu>.* (+ \$$OUT); DRY_RUN=1 too"
 
 setup:
 	@$(PYTHON) -m vs_vllm.envsetup.setup_cpu_env --venv $(VENV)
@@ -27,15 +29,16 @@ setup:
 demo: setup
 	@$(VPY) -m vs_vllm demo
 
-# pytest exits 5 when it collected nothing: that is a failure here, never a pass. make test runs the whole suite on
-# vLLM's V1 model runner, then every engine-driving test (marker runner_matrix) again on Model Runner V2 (the runner GPU
-# users run, on this CPU through the test bed that make setup installs); it fails if either pass fails.
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass. make test runs the engine-driving
+# tests (marker runner_matrix) on vLLM's V1 model runner and on Model Runner V2 (the runner GPU users run, on this CPU
+# through the test bed that make setup installs), and every other test on V1: three pytest processes side by side,
+# each pass's vLLM servers on their own core (vs_vllm/testing/suite.py says why); it fails if any pass fails.
+# TEST_SUITE_ARGS: e.g. --jobs 1 (one pass after another), --passes v1-other.
 PYTEST_CHECKED = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; rc=1; fi
+TEST_SUITE_ARGS ?=
+
 test: setup
-	@$(VPY) -m pytest --runner v1 $(PYTEST_ARGS); $(PYTEST_CHECKED); v1=$$rc; \
-	$(VPY) -m pytest --runner mrv2 -m runner_matrix $(PYTEST_ARGS); $(PYTEST_CHECKED); \
-	echo "[make test] V1 pass exit $$v1, Model Runner V2 pass exit $$rc"; \
-	if [ $$v1 -ne 0 ]; then exit $$v1; fi; exit $$rc
+	@$(VPY) -m vs_vllm.testing.suite $(TEST_SUITE_ARGS) -- $(PYTEST_ARGS)
 
 # Only the engine-driving tests, on Model Runner V2 (vLLM's switch VLLM_USE_V2_MODEL_RUNNER=1 for every process).
 test-mrv2: setup
