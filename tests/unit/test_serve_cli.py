@@ -349,3 +349,17 @@ def test_eager_pipeline_parallel_on_a_gpu_build_is_left_to_vllm(monkeypatch) -> 
     monkeypatch.setattr(serve, "is_cpu_build", lambda: False)
     cmd, _ = serve.build_serve_command(["/models/x", "-pp", "2", "--enforce-eager"], environ={})
     assert "--enforce-eager" in cmd
+
+
+@pytest.mark.parametrize("flag", [["--kv-cache-memory-bytes", "268435456"], ["--kv_cache_memory_bytes=268435456"]])
+def test_test_servers_given_a_kv_size_get_that_size_not_the_cpu_env_default(monkeypatch, flag) -> None:
+    # On the CPU build VLLM_CPU_KVCACHE_SPACE overrides --kv-cache-memory-bytes: a test server given a size must not
+    # inherit cpu_env's 1 GiB default (nor the caller's variable), or every tiny server holds 1 GiB of KV cache.
+    from vs_vllm.testing.server import VLLMServer, cpu_env
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert cpu_env()["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in VLLMServer("M", ["--dtype", "float32", *flag], port=1).env
+    assert VLLMServer("M", ["--dtype", "float32"], port=1).env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    assert VLLMServer("M", [], port=1).env["VLLM_CPU_KVCACHE_SPACE"] == "1"

@@ -352,7 +352,6 @@ def run_stress(cfg: StressConfig, out_dir: Path, *, model_dir: Path, scorer: Pat
                 "--limit-mm-per-prompt", '{"image": 4, "video": 0}', "--scorer", str(scorer)]
         log_path = Path(tempfile.mkdtemp(prefix="vs-stress-")) / "server.log"
         server = VLLMServer(model_dir, args, command=[sys.executable, "-m", "vs_vllm", "serve"], log_path=log_path)
-        server.env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes on CPU
         log(f"[stress] starting vs-vllm serve on {server.base_url} (log {log_path}) ...")
         server.start()
         base_url = server.base_url

@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from vs_vllm.vllm_plugin.serve import CPU_KV_ENV, kv_cache_size_given
+
 #: vLLM's log line when a worker runs Model Runner V2 (``cpu_worker.py`` / ``gpu_worker.py``); V1 logs nothing like it.
 MRV2_LOG_LINE = "Using V2 Model Runner"
 
@@ -77,6 +79,10 @@ class VLLMServer:
         self.model = str(model)
         self.args = list(args)
         self.env = cpu_env(env)
+        if kv_cache_size_given(self.args):
+            # On the CPU build VLLM_CPU_KVCACHE_SPACE (cpu_env's default: 1 GiB) overrides the size the arguments
+            # choose: the arguments win
+            self.env.pop(CPU_KV_ENV, None)
         self.host = host
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout

@@ -190,6 +190,12 @@ _KV_FLAGS = ("--kv-cache-memory-bytes", "--kv-cache-memory")
 CPU_KV_DEFAULT_MAX_GIB = 4
 
 
+def kv_cache_size_given(args: Sequence[str]) -> bool:
+    """Whether vLLM arguments choose a KV-cache size (``--kv-cache-memory-bytes`` / ``--kv-cache-memory``). On the CPU
+    build vLLM's legacy VLLM_CPU_KVCACHE_SPACE overrides that flag, so whoever passes the flag must leave it unset."""
+    return any(_flag_name(a) in _KV_FLAGS for a in args)
+
+
 def cpu_kv_default_gib(total_bytes: int | None = None) -> int:
     """The KV cache (GiB) ``vs-vllm serve`` gives a CPU server whose user chose none: a quarter of RAM, 1-4 GiB."""
     if total_bytes is None:
@@ -217,7 +223,7 @@ def _bound_cpu_kv_cache(passthrough: Sequence[str], env: dict[str, str]) -> None
     """On the CPU build, without a KV-cache size from the user, vLLM takes ~90% of RAM for KV cache and, with prefix
     caching, fills it over minutes of traffic until the machine thrashes: give it a bounded size instead (and say so).
     A user's ``--kv-cache-memory-bytes`` wins; VLLM_CPU_KVCACHE_SPACE would override it on CPU, so it is left unset."""
-    if env.get(CPU_KV_ENV) or any(_flag_name(a) in _KV_FLAGS for a in passthrough) or not is_cpu_build():
+    if env.get(CPU_KV_ENV) or kv_cache_size_given(passthrough) or not is_cpu_build():
         return
     gib = cpu_kv_default_gib()
     env[CPU_KV_ENV] = str(gib)
