@@ -92,6 +92,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2_5_vl"), arch="qwen2_5_vl", seed=0)
 
 
+#: The session-wide servers of the tiny Qwen2.5-VL by fixture name. ``served_arch`` stops them while it serves another
+#: architecture (so a pass never holds five tiny servers at once: ``make test`` runs its passes side by side on a
+#: 24 GiB machine); :func:`pytest_runtest_setup` starts them again, on their own port, for the next test that uses them.
+_SHARED_SERVERS: dict = {}
+
+
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real ``vllm serve`` of the tiny model on a free loopback port, shared by the whole session.
@@ -103,9 +109,11 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     server = VLLMServer(tiny_model_dir, tiny_serve_args(max_images=4, max_videos=2), log_path=log)
     check_runner(server.start())
+    _SHARED_SERVERS["vllm_server"] = server
     try:
         yield server
     finally:
+        _SHARED_SERVERS.pop("vllm_server", None)
         server.stop()
 
 
@@ -161,7 +169,10 @@ def start_plugin_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def plugin_server(tiny_model_dir: Path, scorer_file: Path, start_plugin_server):
     """The tiny model served by ``vs-vllm serve`` with a scorer, default ratio 1.0, prefix caching on."""
-    return start_plugin_server(tiny_model_dir, scorer=scorer_file)
+    server = start_plugin_server(tiny_model_dir, scorer=scorer_file)
+    _SHARED_SERVERS["plugin_server"] = server
+    yield server
+    _SHARED_SERVERS.pop("plugin_server", None)
 
 
 @pytest.fixture(scope="session")
@@ -226,8 +237,12 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
             stop_current()
             current.append(arch)
         if arch == "qwen2_5_vl":
-            return (request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("vllm_server"),
-                    request.getfixturevalue("plugin_server"))
+            served = (request.getfixturevalue("tiny_model_dir"), request.getfixturevalue("vllm_server"),
+                      request.getfixturevalue("plugin_server"))
+            _restart_shared_servers(("vllm_server", "plugin_server"))
+            return served
+        for server in _SHARED_SERVERS.values():  # idle while another architecture is served
+            server.stop()
         if arch not in made:
             model_dir = tiny_arch_dir(arch)
             stock = VLLMServer(model_dir, tiny_serve_args(max_images=4, max_videos=2),
@@ -257,9 +272,19 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
         stop_current()
 
 
+def _restart_shared_servers(names) -> None:
+    for name in names:
+        server = _SHARED_SERVERS.get(name)
+        if server is not None and server.proc is None:
+            check_runner(server.start())
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test of one architecture finds that architecture's servers running, even where pytest's grouping of the
-    session-scoped ``arch_setup`` parameter did not keep its tests together (the cached value's servers restart)."""
+    """A test finds the session-wide servers it uses running (``served_arch`` stops them while it serves another
+    architecture), and a test of one architecture finds that architecture's servers running, even where pytest's
+    grouping of the session-scoped ``arch_setup`` parameter did not keep its tests together (the cached value's servers
+    restart)."""
+    _restart_shared_servers(name for name in _SHARED_SERVERS if name in item.fixturenames)
     arch = getattr(item, "callspec", None) and item.callspec.params.get("arch_setup")
     if _SERVED_ARCH and isinstance(arch, str):
         _SERVED_ARCH[-1](arch)
