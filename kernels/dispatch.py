@@ -7,7 +7,8 @@ Backend rule (first match wins):
 3. Automatic: CUDA (and ROCm) tensors use Triton when it is installed (except bf16 on CUDA devices below sm_80);
    CPU tensors use Triton only when ``TRITON_INTERPRET=1`` (tests); every other case uses torch.
 4. Automatic calls with more than 65535 images use torch (CUDA grid limit). ``select_tokens_mmr`` uses torch on
-   automatic calls unless ``VS_VLLM_MMR_TRITON=1`` (its kernel is not yet measured on a GPU; see the function).
+   automatic calls unless ``VS_VLLM_MMR_TRITON=1`` (its Gram-route kernel is not yet timed on a GPU; see the
+   function). On the CPU its torch path is the deferred loop of ``vs_vllm.selection.mmr``, the fastest there.
 5. If the automatic Triton path of one operation (``select``, ``gather`` or ``select_mmr``) fails before it ever
    succeeded for that (operation, device type, dtype), that combination uses torch from then on. The fallback is
    loud: the first failure logs one ERROR line with the cause (exception type and message, traceback attached) on
@@ -341,13 +342,16 @@ def select_tokens_mmr(
     from .mmr_reference import lambdas_for, select_mmr_with_plan_ref
 
     if backend is None and not _env_flag(MMR_TRITON_ENV):
-        # Opt-in until measured on a GPU: the kernel runs one program per image, so every greedy step streams the
-        # image's N x D rows through a single SM; the torch path spreads each step's mat-vec over the whole device
-        # (and never waits for it). benchmarks/kernels/bench_mmr.py compares both wherever a GPU is available.
+        # Opt-in until timed on a GPU. The Triton path routes each image by shape (kernels/mmr_select.py): images
+        # whose fp32 N x N cosine matrix fits MMRConfig.gram_max_bytes run all K steps in one launch over rows of
+        # that matrix (kernels/mmr_gram.py; estimated well under the torch loop's ~85 µs per step, untimed), larger
+        # ones the streaming kernel (timed: slower than torch for one image of 1,196+ tokens). The torch loop on a
+        # GPU is a chain of small launches per step. `make gpu-check` (bench_mmr.py) times all three per shape; the
+        # default flips to Triton where those numbers say so.
         backend = "torch"
     plan = make_plan(x, cu_seqlens, keep_k, grids)
     check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
-    lams = lambdas_for(lambdas, plan.num_images)
+    lams = lambdas_for(lambdas, plan.num_images, plan.keep)
     source = check_gather_source(x, source)
     check_channels(plan, channels)
     if plan.num_images == 0:

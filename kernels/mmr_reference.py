@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vs_vllm.selection.mmr import mmr_select, validate_lambda
+from vs_vllm.selection.mmr import BY_BUDGET, LambdaDefault, effective_lambda, mmr_select
 
 from .common import Plan, Selection, check_scorer_weights, empty_selection, make_plan
 from .position_channels import PositionChannels
@@ -27,14 +27,17 @@ __all__ = [
     "select_tokens_mmr_ref",
 ]
 
-Lambdas = float | Sequence[float] | torch.Tensor
+Lambdas = float | LambdaDefault | Sequence[float | LambdaDefault] | torch.Tensor
 
 
-def lambdas_for(lambdas: Lambdas, num_images: int) -> list[float]:
-    """One validated lambda in [0, 1] per image, from one number (every image) or a list / 1-D CPU tensor."""
-    if isinstance(lambdas, numbers.Real) and not isinstance(lambdas, bool):
-        return [validate_lambda(lambdas, "lambdas")] * num_images
-    if isinstance(lambdas, torch.Tensor):
+def lambdas_for(lambdas: Lambdas, num_images: int, keep: Sequence[int] | None = None) -> list[float]:
+    """One validated lambda in [0, 1] per image, from one number (every image) or a list / 1-D CPU tensor.
+    ``BY_BUDGET`` (for every image, or one image's entry) is the default rule's lambda for that image's budget ``keep[i]``
+    (``vs_vllm.selection.mmr.default_lambda``), decided here on the host: the kernels only ever see numbers."""
+    one_for_all = lambdas is BY_BUDGET or (isinstance(lambdas, numbers.Real) and not isinstance(lambdas, bool))
+    if one_for_all:
+        values: list = [lambdas] * num_images
+    elif isinstance(lambdas, torch.Tensor):
         if lambdas.dim() != 1:
             raise ValueError(f"lambdas must be 1-D, got shape {tuple(lambdas.shape)}")
         values = [float(v) for v in lambdas.tolist()]  # a device tensor costs one sync: pass host floats
@@ -44,7 +47,10 @@ def lambdas_for(lambdas: Lambdas, num_images: int) -> list[float]:
         raise ValueError(f"lambdas must be a number in [0, 1] or one per image, got {type(lambdas).__name__}")
     if len(values) != num_images:
         raise ValueError(f"lambdas has {len(values)} entries for {num_images} images")
-    return [validate_lambda(v, f"lambdas[{i}]") for i, v in enumerate(values)]
+    if any(v is BY_BUDGET for v in values) and (keep is None or len(keep) != num_images):
+        raise ValueError("lambdas: BY_BUDGET (the default rule) needs the images' budgets")
+    return [effective_lambda(v, int(keep[i]) if v is BY_BUDGET else 1, "lambdas" if one_for_all else f"lambdas[{i}]")
+            for i, v in enumerate(values)]
 
 
 def mmr_with_plan_ref(scores: torch.Tensor, x: torch.Tensor, plan: Plan, lambdas: Sequence[float]) -> torch.Tensor:
@@ -63,7 +69,7 @@ def mmr_select_ref(scores: torch.Tensor, x: torch.Tensor, cu_seqlens, keep, lamb
     plan = make_plan(x, cu_seqlens, keep)
     if scores.dim() != 1 or scores.shape[0] != x.shape[0]:
         raise ValueError(f"scores must be [{x.shape[0]}], got {tuple(scores.shape)}")
-    return mmr_with_plan_ref(scores, x, plan, lambdas_for(lambdas, plan.num_images))
+    return mmr_with_plan_ref(scores, x, plan, lambdas_for(lambdas, plan.num_images, plan.keep))
 
 
 def select_mmr_with_plan_ref(
@@ -102,5 +108,5 @@ def select_tokens_mmr_ref(
     """VisionSelector + MMR selection in plain torch (same contract as ``vs_vllm.kernels.select_tokens_mmr``)."""
     plan = make_plan(x, cu_seqlens, keep_k, grids)
     check_scorer_weights(x, q_weight, q_bias, k_weight, k_bias)
-    lams = lambdas_for(lambdas, plan.num_images)
+    lams = lambdas_for(lambdas, plan.num_images, plan.keep)
     return select_mmr_with_plan_ref(x, plan, q_weight, q_bias, k_weight, k_bias, lams)[0]

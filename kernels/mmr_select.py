@@ -22,6 +22,10 @@ Images with ``lam == 1`` (VisionSelector's own top-K: the reference short-cuts t
 or ``K == N`` never enter the MMR kernel: the host routes them to the exact top-K select kernel of ``topk_select.py``
 (``topk_segments_triton``), which fills the whole output first; the MMR kernel then writes its images' segments.
 
+Routes: images whose fp32 N x N cosine matrix fits ``MMRConfig.gram_max_bytes`` go first to the Gram route
+(``mmr_gram.py``: one GEMM, then every step over one row of that matrix, all K steps in one launch); the kernels below
+(the streaming route) take the rest, and every image when ``gram_max_bytes = 0``.
+
 Parallelism: the greedy steps are sequential, so an image is one program -- one SM on a GPU. Batches of several
 images fill several SMs; a single large image is bounded by one SM's bandwidth (see the benchmark's caveat).
 
@@ -81,6 +85,11 @@ class MMRConfig:
     # hints every load is scalar and needs its own address registers; at BLOCK_N = 64 the kernel hit 255 registers
     # and spilled 156 bytes with triton 3.6 on sm_90 (first H200 gpu-check run), so unaligned inputs get a shorter tile
     block_n_unaligned: int = 16
+    # the Gram route (kernels/mmr_gram.py): images whose fp32 N x N cosine matrices fit gram_max_bytes (together per
+    # launch) run their steps over rows of that matrix; tokens per tile and warps of its one-program-per-image kernel
+    gram_max_bytes: int = 1 << 30
+    gram_block_n: int = 2048
+    gram_num_warps: int = 8
 
 
 # Interpreter: every op is a numpy call per program step, so few large blocks.
@@ -107,7 +116,8 @@ def set_mmr_config(config: MMRConfig | None = None, **changes) -> MMRConfig:
     global _CONFIG
     base = config if config is not None else _CONFIG
     new = replace(base, **changes) if changes else base
-    require_powers_of_two(new, ("block_n", "block_n_unaligned", "block_d", "block_d_small", "block_v", "norm_block_r"))
+    require_powers_of_two(new, ("block_n", "block_n_unaligned", "block_d", "block_d_small", "block_v", "norm_block_r",
+                                "gram_block_n"))
     old = _CONFIG
     _CONFIG = new
     return old
@@ -148,6 +158,24 @@ def _mmr_inv_norm_kernel(
     norm = tl.sqrt_rn(tl.sum(acc, axis=1))
     inv = tl.math.div_rn(tl.full((BLOCK_R,), 1.0, tl.float32), tl.maximum(norm, 1e-12))
     tl.store(inv_ptr + start + rows, inv, mask=rmask)
+
+
+@triton.jit
+def _score_range(s_row, n, BLOCK: tl.constexpr):
+    """(lo, denom, pos_span) of the min-max normalisation of an image's N scores: min, max - min where positive
+    (else 1.0), and whether it is positive."""
+    offs = tl.arange(0, BLOCK)
+    lo = tl.full((), float("inf"), tl.float32)
+    hi = tl.full((), float("-inf"), tl.float32)
+    for v0 in range(0, n, BLOCK):
+        loc = v0 + offs
+        m = loc < n
+        s = tl.load(s_row + loc, mask=m, other=0.0)
+        lo = tl.minimum(lo, tl.min(tl.where(m, s, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(m, s, float("-inf")), axis=0))
+    span = hi - lo
+    pos_span = span > 0
+    return lo, tl.where(pos_span, span, 1.0), pos_span
 
 
 @triton.jit
@@ -202,17 +230,7 @@ def _mmr_kernel(
     offs_d = tl.arange(0, BLOCK_D)
 
     # a. min / max of the scores
-    lo = tl.full((), float("inf"), tl.float32)
-    hi = tl.full((), float("-inf"), tl.float32)
-    for v0 in range(0, n, BLOCK_V):
-        loc = v0 + offs_v
-        m = loc < n
-        s = tl.load(s_row + loc, mask=m, other=0.0)
-        lo = tl.minimum(lo, tl.min(tl.where(m, s, float("inf")), axis=0))
-        hi = tl.maximum(hi, tl.max(tl.where(m, s, float("-inf")), axis=0))
-    span = hi - lo
-    pos_span = span > 0
-    denom = tl.where(pos_span, span, 1.0)
+    lo, denom, pos_span = _score_range(s_row, n, BLOCK_V)
 
     # b. scratch init and the first choice: argmax of lam * s' (no diversity term yet)
     best_val = tl.full((), float("-inf"), tl.float32)
@@ -346,6 +364,13 @@ def mmr_with_plan_triton(
     if len(mmr_imgs) > _MAX_GRID_Y:
         raise ValueError(f"the Triton MMR path handles at most {_MAX_GRID_Y} images per call, got {len(mmr_imgs)}")
     x = _row_major(x)
+    from .mmr_gram import gram_groups, mmr_gram_with_plan_triton  # imports this module: imported here
+
+    groups, mmr_imgs = gram_groups(plan.lengths, mmr_imgs, cfg.gram_max_bytes)
+    if groups:  # the Gram route first; the streaming kernel below takes the images whose matrix is too large
+        mmr_gram_with_plan_triton(scores, x, plan, lambdas, [i for g in groups for i in g], indices, cfg)
+    if not mmr_imgs:
+        return indices
     total, d = x.shape
     G = len(mmr_imgs)
     max_n = max(plan.lengths[i] for i in mmr_imgs)
@@ -398,7 +423,7 @@ def mmr_select_triton(
         raise ValueError(f"scores must be [{x.shape[0]}], got {tuple(getattr(scores, 'shape', ()))}")
     if scores.device != x.device:
         raise ValueError(f"scores are on {scores.device}, x on {x.device}")
-    return mmr_with_plan_triton(scores, x, plan, lambdas_for(lambdas, plan.num_images), config)
+    return mmr_with_plan_triton(scores, x, plan, lambdas_for(lambdas, plan.num_images, plan.keep), config)
 
 
 def select_mmr_with_plan_triton(
@@ -471,4 +496,7 @@ def compile_specs(dtype: str = "bf16", cfg: MMRConfig = GPU_MMR_CONFIG, aligned:
             {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_V": cfg.block_v},
             cfg.num_warps,
         )
+    from .mmr_gram import compile_specs as gram_specs  # the Gram route's kernel (kernels/mmr_gram.py)
+
+    specs.update(gram_specs(dtype, cfg, aligned))
     return specs

@@ -117,7 +117,8 @@ mm_processor_kwargs; each overrides the server default for that request only):
   video_retention_ratio  the same for videos only, overriding retention_ratio for them
   selection_method       visionselector, visionselector_mmr, uniform, random, temporal (videos), ...
   selection_seed         integer seed for the random method
-  selection_lambda       score/diversity trade-off of visionselector_mmr, 0 <= lambda <= 1
+  selection_lambda       score/diversity trade-off of visionselector_mmr, 0 <= lambda <= 1 (left out: the
+                         server's, else 1 for budgets of a few tokens and 0.5 above)
 A bad value is answered with HTTP 400 naming the field; any other mm_processor_kwargs key (max_pixels, ...) is
 refused. Responses carry usage.visual_tokens {kept, total, images} and x-vs-visual-tokens-kept/-total headers.
 
@@ -179,8 +180,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--selection-lambda",
         metavar="L",
-        help="server-wide default selection_lambda of visionselector_mmr, 0 <= L <= 1 (default: 0.5, unless "
-        "VS_VLLM_SELECTION_LAMBDA is set)",
+        help="server-wide default selection_lambda of visionselector_mmr, 0 <= L <= 1, used at every budget "
+        "(default: VS_VLLM_SELECTION_LAMBDA, else by each image's budget K: 1 for small K, 0.5 above; see "
+        "docs/selection-methods.md)",
     )
     p.add_argument(
         "--scorer",

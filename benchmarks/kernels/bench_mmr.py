@@ -3,11 +3,17 @@
 
 The op is timed alone, given the scores (the score pass is the same as VisionSelector's, see bench_select.py):
 
-- CPU:  the plain-torch reference ``mmr_select`` per image, fp32 rows, ``--threads`` intra-op threads (default 2);
-        the Triton kernel is not run (the interpreter would measure numpy, not the kernel).
-- CUDA: the torch reference (``mmr_select_ref``, per image) vs the Triton kernel (``mmr_select_triton``), bf16 rows,
-        timed with CUDA events (medians); per-image cost = batch time / images, for 1 image and for a batch of
-        ``--batch`` images (the kernel runs one program per image, so a batch fills more SMs); indices compared.
+- CPU:  the plain-torch op ``mmr_select`` per image (on the CPU its deferred loop, backend ``torch``) and, for N up to
+        ``--stepwise-max-n``, the step-by-step loop it replaced (``mmr_select_stepwise``, one full mat-vec per step,
+        backend ``torch_stepwise``), fp32 rows, ``--threads`` intra-op threads (default 2); ``rows`` = ``random``
+        (nearly orthogonal rows) and, at N = 4096, ``clustered`` (a shared direction plus 16 clusters: cosines 0.3-0.99,
+        so diversity reorders the ranking and the deferred loop refreshes more often). Triton is not run (the
+        interpreter would time numpy, not the kernel).
+- CUDA: the torch reference (``mmr_select_ref``, per image; step by step on the GPU) vs the Triton kernels
+        (``mmr_select_triton``): ``triton_gram`` (kernels/mmr_gram.py: one fp32 N x N GEMM, then every step over a
+        row of it, all K steps in one launch) and ``triton_stream`` (the streaming kernel, every step re-reading the
+        N x D rows), bf16 rows, timed with CUDA events (medians); per-image cost = batch time / images, for 1 image
+        and for a batch of ``--batch`` images; indices compared with the reference.
 
 Analytic work per image (the dominant term: every step is a mat-vec of the image's N x D rows against the token just
 chosen): FLOPs = 2·K·N·D; bytes moved = K·N·D·s, where s is the element size the implementation re-reads every step
@@ -128,7 +134,15 @@ def vit_gflop(n: int) -> float | None:
     return sum(vision_flops(arch, (1, h * merge, w * merge)).values()) / 1e9
 
 
-def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores=None, timing="measured"):
+def clustered_rows(torch, n: int, d: int, g, clusters: int = 16):
+    """Rows like a vision tower's: a shared direction, a few clusters, small noise (cosines 0.3-0.99)."""
+    centres = torch.randn(clusters, d, generator=g)
+    pick = torch.randint(0, clusters, (n,), generator=g)
+    return 2 * torch.randn(1, d, generator=g) + centres[pick] + 0.5 * torch.randn(n, d, generator=g)
+
+
+def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores=None, timing="measured",
+            rows="random"):
     per_image = statistics.median(times_ms) / images
     flops = 2 * k * n * d
     vit = vit_gflop(n)
@@ -136,6 +150,7 @@ def row_for(device, dtype, backend, images, n, d, k, elem, times_ms, same, cores
     return {
         "device": device,
         "backend": backend,
+        "rows": rows,
         "dtype": dtype,
         "images": images,
         "n": n,
@@ -166,13 +181,16 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per case after which no new run starts")
     ap.add_argument("--batch", type=int, default=8, help="images per batch for the batched CUDA rows (0: skip)")
     ap.add_argument("--cpu", action="store_true", help="benchmark the CPU even when CUDA is available")
+    ap.add_argument("--stepwise-max-n", type=int, default=4096,
+                    help="CPU: also time the step-by-step loop for N up to this (it takes ~17 s per 1638 steps at "
+                         "N = 16384)")
     args = ap.parse_args(argv)
 
     import torch
 
     _import_kernels()
     from vs_vllm.kernels.mmr_reference import mmr_select_ref
-    from vs_vllm.selection.mmr import mmr_select
+    from vs_vllm.selection.mmr import mmr_select, mmr_select_stepwise
 
     cuda = torch.cuda.is_available() and not args.cpu
     grid = QUICK if args.quick else FULL
@@ -182,7 +200,14 @@ def main(argv=None) -> int:
     if cuda:
         import triton
 
-        from vs_vllm.kernels.mmr_select import mmr_select_triton
+        from dataclasses import replace
+
+        from vs_vllm.kernels.mmr_select import get_mmr_config, mmr_select_triton
+
+        stream_cfg = replace(get_mmr_config(), gram_max_bytes=0)
+
+        def mmr_stream(s, x, cu, keep, lam):
+            return mmr_select_triton(s, x, cu, keep, lam, config=stream_cfg)
 
         dev = "cuda"
         name = torch.cuda.get_device_name()
@@ -203,34 +228,49 @@ def main(argv=None) -> int:
         for r in grid["r"]:
             k = max(1, int(n * r))
             if not cuda:
-                x = torch.randn(n, d, generator=g)
-                s = torch.randn(n, generator=g)
-                times, cores = time_cpu(lambda x=x, s=s, k=k: mmr_select(s, x, k, LAMBDA), args.reps, args.budget)
-                rows.append(row_for("cpu", "fp32", "torch", 1, n, d, k, 4, times, None, cores))
-                print(f"N={n:5d} K={k:5d} torch {rows[-1]['ms_per_image']:10.2f} ms/image, {cores:.2f} cores busy",
-                      flush=True)
+                for kind in ("random", "clustered") if n == 4096 else ("random",):
+                    x = torch.randn(n, d, generator=g) if kind == "random" else clustered_rows(torch, n, d, g)
+                    s = torch.randn(n, generator=g)
+                    ops = [("torch", mmr_select)]
+                    if n <= args.stepwise_max_n:
+                        ops.append(("torch_stepwise", mmr_select_stepwise))
+                    picked = {}
+                    for backend, op in ops:
+                        times, cores = time_cpu(lambda x=x, s=s, k=k, op=op: op(s, x, k, LAMBDA), args.reps,
+                                                args.budget)
+                        picked[backend] = op(s, x, k, LAMBDA)
+                        rows.append(row_for("cpu", "fp32", backend, 1, n, d, k, 4, times, None, cores, rows=kind))
+                        print(f"N={n:5d} K={k:5d} {kind:9s} {backend:14s} {rows[-1]['ms_per_image']:10.2f} ms/image, "
+                              f"{cores:.2f} cores busy", flush=True)
+                    if len(picked) == 2:
+                        same = bool(torch.equal(picked["torch"], picked["torch_stepwise"]))
+                        for r in rows[-2:]:
+                            r["same_indices"] = same
                 continue
             for images in [1] + ([args.batch] if args.batch > 1 else []):
                 x = torch.randn(images * n, d, device=dev, generator=g).to(dtype)
                 s = torch.randn(images * n, device=dev, generator=g)
                 cu = [i * n for i in range(images + 1)]
                 results = {}
-                for backend, op in (("torch", mmr_select_ref), ("triton", mmr_select_triton)):
+                ops = (("torch", mmr_select_ref), ("triton_gram", mmr_select_triton), ("triton_stream", mmr_stream))
+                for backend, op in ops:
 
                     def fn_for_k(kk, op=op, x=x, s=s, cu=cu, images=images):
                         return lambda: op(s, x, cu, [kk] * images, LAMBDA)
 
                     times, timing = time_cuda_bounded(torch, fn_for_k, k, args.reps, args.budget)
                     results[backend] = (times, timing)
-                # indices compared at the largest K both backends actually ran
+                # indices compared with the reference at the largest K every backend actually ran
                 k_cmp = k if all(t == "measured" for _, t in results.values()) else PROBE_K[1]
-                same = bool(torch.equal(mmr_select_triton(s, x, cu, [k_cmp] * images, LAMBDA),
-                                        mmr_select_ref(s, x, cu, [k_cmp] * images, LAMBDA)))
+                want = mmr_select_ref(s, x, cu, [k_cmp] * images, LAMBDA)
+                same_by = {b: bool(torch.equal(op(s, x, cu, [k_cmp] * images, LAMBDA), want)) for b, op in ops}
                 for backend, (times, timing) in results.items():
-                    elem_b = 4 if backend == "torch" else elem
+                    # bytes re-read per step: fp32 unit rows (torch), bf16 rows (stream), one fp32 row of S (gram)
+                    elem_b = {"torch": 4, "triton_stream": elem}.get(backend, 4 / d)
+                    same = same_by[backend]
                     rows.append(row_for(slug, "bf16", backend, images, n, d, k, elem_b, times, same, None, timing))
                     print(
-                        f"B={images} N={n:5d} K={k:5d} {backend:6s} {rows[-1]['ms_per_image']:10.3f} ms/image "
+                        f"B={images} N={n:5d} K={k:5d} {backend:13s} {rows[-1]['ms_per_image']:10.3f} ms/image "
                         f"({timing}) same={same}",
                         flush=True,
                     )
@@ -255,37 +295,42 @@ def main(argv=None) -> int:
         f"- Op: greedy MMR, lambda = {LAMBDA}, D = {d}, K = {', '.join(f'{int(r * 100)}%' for r in grid['r'])} of N, "
         "given the scores (random); the time is the selection alone, median of up to "
         f"{args.reps} runs (fewer past {args.budget:.0f} s per case).",
-        "- Analytic work per image: FLOPs = 2·K·N·D (one N×D mat-vec per step); bytes = K·N·D·s, the rows re-read "
-        "every step (s = 4 for the torch reference's fp32 unit rows; 2 for the kernel's bf16 rows). "
-        "GFLOP/s and GB/s below are these divided by the measured time.",
+        "- Analytic work per image, of the step-by-step loop: FLOPs = 2·K·N·D (one N×D mat-vec per step); bytes = "
+        "K·N·D·s, the rows re-read every step (s = 4 for the torch reference's fp32 unit rows; 2 for the streaming "
+        "kernel's bf16 rows; 4/D for the Gram kernel's one fp32 row of S per step, its GEMM not counted). GFLOP/s "
+        "below is that work divided by the measured time: for the CPU's deferred loop and the Gram kernel, which do "
+        "other work, it is an equivalent rate, not the hardware's.",
         "- For scale: `ViT GFLOP (7B)` is Qwen2.5-VL-7B's analytic vision-tower work for an image of the same N "
-        "(`vs_vllm.benchmarking.flops`; grids 24x24, 26x46, 64x64, 128x128 LLM tokens). MMR is memory-bound (every "
-        "step re-reads the N x D rows) while the tower is compute-bound, so the FLOP ratio understates MMR's share "
-        "of wall time on bandwidth-poor hardware.",
+        "(`vs_vllm.benchmarking.flops`; grids 24x24, 26x46, 64x64, 128x128 LLM tokens).",
     ]
     if cuda:
         lines.append(
-            f"- CUDA: bf16 rows; per-image time = batch time / images (1 image, and {args.batch} images: the kernel "
-            "runs one program, i.e. one SM, per image). `same` = Triton indices identical to the torch reference's."
+            f"- CUDA: bf16 rows; per-image time = batch time / images (1 image, and {args.batch} images: the kernels "
+            "run one program, i.e. one SM, per image). `same` = indices identical to the torch reference's."
         )
     else:
         lines.append(
-            "- CPU: the plain-torch reference only (`vs_vllm.selection.mmr.mmr_select`, fp32); the Triton kernel "
-            "needs a GPU (its interpreter would time numpy). `cores` = process CPU time / wall time: how many of "
-            "the intra-op threads the mat-vecs actually kept busy."
+            "- CPU: torch only (fp32 rows; the Triton kernels need a GPU, the interpreter would time numpy): `torch` = "
+            "`vs_vllm.selection.mmr.mmr_select` (the deferred loop), `torch_stepwise` = `mmr_select_stepwise` (one "
+            "full mat-vec per step, the loop before). `same` = both gave identical indices; `x stepwise` = the "
+            "step-wise time / this time on the same rows; `cores` = process CPU time / wall time."
         )
+    ref_backend = "torch" if cuda else "torch_stepwise"
+    base = {(r["rows"], r["n"], r["k"], r["images"]): r["ms_per_image"] for r in rows if r["backend"] == ref_backend}
     lines += [
         "",
-        "| backend | images | N | K | ms / image | µs / step | GFLOP / image | GB / image | GFLOP/s | GB/s | "
-        + ("same |" if cuda else "cores |") + " ViT GFLOP (7B) | MMR / ViT FLOP |",
-        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|--:|--:|",
+        "| backend | rows | images | N | K | ms / image | µs / step | x " + ("torch" if cuda else "stepwise")
+        + " | GFLOP/s | same | cores | ViT GFLOP (7B) | MMR / ViT FLOP |",
+        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|:-:|--:|--:|--:|",
     ]
     for r in rows:
+        ref_ms = base.get((r["rows"], r["n"], r["k"], r["images"]))
+        speed = "-" if ref_ms is None else f"{ref_ms / r['ms_per_image']:.2f}"
         lines.append(
-            f"| {r['backend']} | {r['images']} | {r['n']} | {r['k']} | {r['ms_per_image']:.2f}"
-            f"{'' if r['timing'] == 'measured' else '*'} | {r['us_per_step']:.1f}"
-            f" | {r['gflop_per_image']:.2f} | {r['gb_per_image']:.2f} | {r['gflops']:.1f} | {r['gbps']:.1f}"
-            f" | {r['same_indices'] if cuda else r['cores_busy']} | {r['vit_gflop_7b']} | {r['mmr_over_vit_flop_pct']}% |"
+            f"| {r['backend']} | {r['rows']} | {r['images']} | {r['n']} | {r['k']} | {r['ms_per_image']:.2f}"
+            f"{'' if r['timing'] == 'measured' else '*'} | {r['us_per_step']:.1f} | {speed} | {r['gflops']:.1f}"
+            f" | {'-' if r['same_indices'] is None else r['same_indices']} | "
+            f"{'-' if r['cores_busy'] is None else r['cores_busy']} | {r['vit_gflop_7b']} | {r['mmr_over_vit_flop_pct']}% |"
         )
     md_path.write_text("\n".join(lines) + "\n")
     print(f"wrote {csv_path} and {md_path}")

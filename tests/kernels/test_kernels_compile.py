@@ -91,5 +91,10 @@ def test_mmr_kernels_compile(compiled, arch):
     for name, fn in MMR_KERNELS.items():
         function = getattr(fn, "fn", fn).__name__
         assert any(r["ok"] and r["kernel"].startswith(f"{name}_d") and r["function"] == function for r in recs), name
+    from vs_vllm.kernels.mmr_gram import MMR_GRAM_KERNELS
+
+    for name, fn in MMR_GRAM_KERNELS.items():  # the Gram route's step kernel (one variant: it never reads x)
+        function = getattr(fn, "fn", fn).__name__
+        assert any(r["ok"] and r["kernel"].startswith(f"{name}_n") and r["function"] == function for r in recs), name
     resources = [f"{_variant(r)}:{r.get('registers')}r/{r.get('spill_stores')}B-spill" for r in recs]
     print(f"sm_{arch}: " + ", ".join(resources))

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import warnings
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ import vs_vllm.kernels as K
 from kernel_testlib import bits, factor_grid, keep_counts, make_problem, poisoned_buffers
 from vs_vllm.kernels import config as kconfig
 from vs_vllm.kernels import dispatch
+from vs_vllm.kernels import mmr_gram as kgram
 from vs_vllm.kernels import mmr_select as kmmr
 from vs_vllm.kernels import select as ksel
 from vs_vllm.kernels.common import make_plan
@@ -88,13 +90,32 @@ def duplicate_case(lengths, d, dtype, seed, pool):
     return torch.cat(xs), torch.cat(ss), cumsum0(lengths)
 
 
+ROUTES = ("gram", "stream")
+
+
+def route_config(config, route):
+    """``config`` (None: the active one) with every MMR image on the Gram route (matrices always fit) or on the
+    streaming kernel (no matrix fits)."""
+    base = config if config is not None else kmmr.get_mmr_config()
+    return replace(base, gram_max_bytes=1 << 40 if route == "gram" else 0)
+
+
+def triton_indices(x, scores, cu, keep, lams, config=None, route="gram"):
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig), poisoned_buffers(kgram):
+        return kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams,
+                                      config=route_config(config, route)).cpu()
+
+
 def run_and_check(x, scores, cu, keep, lams, config=None):
-    """Triton (poisoned buffers) vs the reference on the same inputs; returns the Triton indices (CPU)."""
-    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
-        got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config)
+    """Triton (poisoned buffers) on both routes vs the reference on the same inputs; returns the indices (CPU)."""
     ref = mmr_select_ref(scores, x, cu, keep, lams)
+    for route in ROUTES:
+        got = check_against(triton_indices(x, scores, cu, keep, lams, config, route), ref, cu, keep)
+    return got
+
+
+def check_against(got, ref, cu, keep):
     assert got.dtype == torch.long and got.shape == ref.shape
-    got = got.cpu()
     keep_list = [keep] * (len(cu) - 1) if isinstance(keep, int) else list(keep)
     off = 0
     for i, k in enumerate(keep_list):  # per image: ascending, distinct, in range
@@ -197,12 +218,11 @@ def greedy_oracle(scores, x, k, lam, tie_tol=1e-9):
     return torch.nonzero(taken)[:, 0]
 
 
-def check_duplicates(x, scores, cu, keep, lams, config=None):
+def check_duplicates(x, scores, cu, keep, lams, config=None, route="stream"):
     """Kernel == the tie-aware oracle; kept members of each group of equal rows are its first ones; the torch
     reference keeps as many rows of each group (it may pick other members: the CPU mat-vec rounds a row's product
     differently by its position, so equal rows need not tie there)."""
-    with poisoned_buffers(kmmr), poisoned_buffers(kconfig):
-        got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=config).cpu()
+    got = triton_indices(x, scores, cu, keep, lams, config, route)
     ref = mmr_select_ref(scores, x, cu, keep, lams)
     off = 0
     for i, (k, lam) in enumerate(zip(keep, lams)):
@@ -221,16 +241,17 @@ def check_duplicates(x, scores, cu, keep, lams, config=None):
     return got
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("config", [pytest.param(None, marks=SLOW), SMALL_TILES], ids=["default", "small_tiles"])
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=SLOW)])
-def test_duplicate_rows_ties_to_lowest_index(dtype, config):
+def test_duplicate_rows_ties_to_lowest_index(dtype, config, route):
     """Rows (and their scores) copied from a small pool: gains tie exactly; the lowest index of a group must win."""
     n0 = 130 if config is None else 60
     x, scores, cu = duplicate_case([n0, 57], 24, dtype, seed=3, pool=6)
-    check_duplicates(x, scores, cu, [40, 20], [0.5, 0.3], config=config)
+    check_duplicates(x, scores, cu, [40, 20], [0.5, 0.3], config=config, route=route)
     # lam = 0: pure diversity from token 0; K up to the pool size keeps one representative per group
     x, scores, cu = duplicate_case([n0], 24, dtype, seed=4, pool=6)
-    check_duplicates(x, scores, cu, [6], [0.0], config=config)
+    check_duplicates(x, scores, cu, [6], [0.0], config=config, route=route)
 
 
 @SLOW
@@ -240,8 +261,9 @@ def test_all_rows_and_scores_equal_keep_first_k():
     scores = torch.full((77,), 0.25)
     cu = [0, 40, 77]
     for lam in (0.0, 0.5):
-        got = check_duplicates(x, scores, cu, [9, 30], [lam, lam])
-        assert got.tolist() == list(range(9)) + list(range(30))
+        for route in ROUTES:
+            got = check_duplicates(x, scores, cu, [9, 30], [lam, lam], route=route)
+            assert got.tolist() == list(range(9)) + list(range(30))
 
 
 @SLOW
@@ -389,3 +411,63 @@ def test_torch_path_never_imports_triton():
     env["CUDA_VISIBLE_DEVICES"] = ""
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False, text=True, timeout=120)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The Gram route (kernels/mmr_gram.py): steps over rows of each image's precomputed cosine matrix
+# --------------------------------------------------------------------------------------------------------------------
+
+GRAM_SMALL_TILES = replace(SMALL_TILES, gram_block_n=16)
+
+
+def test_gram_groups_split_by_bytes():
+    lengths = [10, 20, 5, 40, 3]
+    groups, too_large = kgram.gram_groups(lengths, [0, 1, 2, 3, 4], max_bytes=4 * 20 * 20 + 4 * 5 * 5)
+    assert groups == [[0], [1, 2], [4]] and too_large == [3]
+    assert kgram.gram_groups(lengths, [0, 4], max_bytes=0) == ([], [0, 4])
+    assert kgram.gram_groups(lengths, [], max_bytes=1 << 30) == ([], [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gram_route_groups_and_streaming_rest(dtype, monkeypatch):
+    """A ragged batch at 16-token tiles: the matrices of images 0 and 2 fill one launch, image 3 a second, image 1's
+    is too large and goes to the streaming kernel; a lam == 1 image and a K == N image go to the top-K kernel."""
+    lengths, keep, lams = [37, 70, 29, 45, 9, 12], [9, 21, 28, 4, 9, 5], [0.5, 0.3, 0.0, 0.7, 0.5, 1.0]
+    x, scores, cu = random_case(lengths, 5 if dtype == torch.float32 else 33, dtype, seed=90 + len(str(dtype)))
+    launches = []
+    real = kgram.mmr_gram_with_plan_triton
+
+    def spy(scores, x, plan, lambdas, images, indices, config=None):
+        launches.append(kgram.gram_groups(plan.lengths, images, config.gram_max_bytes)[0])
+        return real(scores, x, plan, lambdas, images, indices, config)
+
+    monkeypatch.setattr(kgram, "mmr_gram_with_plan_triton", spy)
+    cfg = replace(GRAM_SMALL_TILES, gram_max_bytes=4 * (37 * 37 + 29 * 29))
+    ref = mmr_select_ref(scores, x, cu, keep, lams)
+    with poisoned_buffers(kmmr), poisoned_buffers(kconfig), poisoned_buffers(kgram):
+        got = kmmr.mmr_select_triton(scores.to(DEVICE), x.to(DEVICE), cu, keep, lams, config=cfg).cpu()
+    check_against(got, ref, cu, keep)
+    assert launches == [[[0, 2], [3]]]
+
+
+@pytest.mark.parametrize("n", [2, 17, 64, pytest.param(257, marks=SLOW)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_sweep_small_tiles(n, dtype):
+    """Odd N across 16-token tiles, K in {1, small, N-1} and every lambda; the Gram route alone."""
+    pairs = [(k, lam) for k, lam in k_lambda_pairs(n, rotate=n) if k < n and lam < 1.0] or [(1, 0.5)]
+    x, scores, cu = random_case([n] * len(pairs), 24, dtype, seed=300 + n)
+    keep, lams = [k for k, _ in pairs], [lam for _, lam in pairs]
+    check_against(triton_indices(x, scores, cu, keep, lams, GRAM_SMALL_TILES, "gram"),
+                  mmr_select_ref(scores, x, cu, keep, lams), cu, keep)
+
+
+@SLOW
+def test_gram_large_image():
+    """N = 2000 with K = 20% and a clustered second image (strong diversity term), default interpreter tiles."""
+    g = torch.Generator().manual_seed(4)
+    x, scores, cu = random_case([2000, 700], 64, torch.float32, seed=78)
+    centres = torch.randn(6, 64, generator=g)
+    x[2000:] = 2 * torch.randn(1, 64, generator=g) + centres[torch.randint(0, 6, (700,), generator=g)] + 0.3 * x[2000:]
+    keep, lams = [400, 140], [0.5, 0.5]
+    check_against(triton_indices(x, scores, cu, keep, lams, None, "gram"), mmr_select_ref(scores, x, cu, keep, lams),
+                  cu, keep)

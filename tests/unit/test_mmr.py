@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vs_vllm.selection.methods import select
-from vs_vllm.selection.mmr import mmr_select, normalized_scores, validate_lambda
+from vs_vllm.selection.mmr import mmr_select, mmr_select_stepwise, normalized_scores, validate_lambda
 from vs_vllm.selection.scorer import TransformerScorer
 from vs_vllm.selection.topk import select_topk
 
@@ -95,3 +95,72 @@ def test_registry_method_and_lambda_reach_only_methods_that_take_it() -> None:
     with pytest.raises(ValueError, match="needs a trained scorer"):
         select("visionselector_mmr", x, (1, 6, 8), 9)
     assert select("visionselector_mmr", x, (1, 6, 8), 48).tolist() == list(range(48))  # k == N: no scorer needed
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The deferred CPU loop against the step-by-step loop (one full mat-vec per step)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def clustered_rows(n: int, d: int, g: torch.Generator, clusters: int = 8) -> torch.Tensor:
+    """Rows like a vision tower's: a shared direction, a few clusters, small noise -- cosines 0.3-0.99, so the
+    diversity term reorders the scores' ranking strongly (random rows are nearly orthogonal)."""
+    centres = torch.randn(clusters, d, generator=g)
+    pick = torch.randint(0, clusters, (n,), generator=g)
+    return 2 * torch.randn(1, d, generator=g) + centres[pick] + 0.3 * torch.randn(n, d, generator=g)
+
+
+@pytest.fixture(params=["default", "tight"])
+def deferred_limits(request, monkeypatch):
+    """The production limits, and tiny ones: few candidates and few pending picks force many refreshes, candidate
+    sets that run dry and the full-set case (every free token a candidate) on small N."""
+    import vs_vllm.selection.mmr as mmr_mod
+
+    if request.param == "tight":
+        monkeypatch.setattr(mmr_mod, "DEFERRED_MAX_CANDIDATES", 5)
+        monkeypatch.setattr(mmr_mod, "DEFERRED_MIN_CANDIDATES", 3)
+        monkeypatch.setattr(mmr_mod, "DEFERRED_MAX_PENDING", 4)
+    return request.param
+
+
+@pytest.mark.parametrize("rows", ["random", "clustered"])
+def test_deferred_loop_equals_the_stepwise_loop(rows, deferred_limits) -> None:
+    """Identical indices on random problems (odd N and D, K from 1 to N - 1, lambda 0 to 0.9): 120 per setting at the
+    production limits, 30 smaller ones at the tight limits (a refresh almost every step is slow in Python)."""
+    g = torch.Generator().manual_seed(11 if rows == "random" else 12)
+    cases, max_n = (120, 300) if deferred_limits == "default" else (30, 120)
+    for case in range(cases):
+        n = int(torch.randint(2, max_n, (1,), generator=g))
+        d = int(torch.randint(1, 80, (1,), generator=g))
+        k = max(1, min(n - 1, int(n * float(torch.rand(1, generator=g)))))
+        lam = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)[case % 6]
+        x = torch.randn(n, d, generator=g) if rows == "random" else clustered_rows(n, d, g)
+        scores = torch.randn(n, generator=g)
+        got, want = mmr_select(scores, x, k, lam), mmr_select_stepwise(scores, x, k, lam)
+        assert torch.equal(got, want), (case, n, d, k, lam)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_deferred_loop_on_large_rows(dtype) -> None:
+    """Vision-tower sized rows (D = 1280, bf16 / fp16 widened to fp32 on both sides), N large enough for several
+    GEMM refreshes at the production limits."""
+    g = torch.Generator().manual_seed(5)
+    for n, k, lam in ((700, 140, 0.5), (513, 51, 0.3)):
+        x = clustered_rows(n, 1280, g, clusters=32).to(dtype)
+        scores = torch.randn(n, generator=g)
+        assert torch.equal(mmr_select(scores, x, k, lam), mmr_select_stepwise(scores, x, k, lam))
+
+
+def test_exact_ties_go_to_the_lowest_index(deferred_limits) -> None:
+    """One-hot rows (every cosine exactly 0 or 1, whatever the summation order) and scores on a coarse grid: gains
+    tie exactly, and both loops must match the textbook implementation, which keeps the lowest index."""
+    g = torch.Generator().manual_seed(9)
+    for case in range(40):
+        n, d = int(torch.randint(5, 90, (1,), generator=g)), int(torch.randint(2, 9, (1,), generator=g))
+        x = torch.nn.functional.one_hot(torch.randint(0, d, (n,), generator=g), d).float()
+        scores = torch.randint(0, 4, (n,), generator=g).float()
+        k = max(1, int(n * float(torch.rand(1, generator=g))))
+        lam = (0.0, 0.25, 0.5, 0.75)[case % 4]
+        want = list(range(n)) if k == n else naive_mmr(scores, x, k, lam)
+        assert mmr_select(scores, x, k, lam).tolist() == want, (case, n, d, k, lam)
+        assert mmr_select_stepwise(scores, x, k, lam).tolist() == want, (case, n, d, k, lam)

@@ -39,7 +39,7 @@ import torch
 
 from vs_vllm.selection.budget import keep_count, validate_ratio
 from vs_vllm.selection.methods import select
-from vs_vllm.selection.mmr import DEFAULT_LAMBDA
+from vs_vllm.selection.mmr import BY_BUDGET, LambdaDefault
 from vs_vllm.selection.positions import MediaSpan, mrope_positions_for_spans, token_runs, video_t_factors
 
 __all__ = ["DEEPSTACK_MODEL_TYPES", "MODEL_TYPES", "PER_FRAME_VIDEO_MODEL_TYPES", "PrunedPrompt", "QwenVLSelector"]
@@ -145,7 +145,7 @@ class QwenVLSelector:
         ratio: float = 1.0,
         method: str = "visionselector",
         seed: int | None = None,
-        selection_lambda: float = DEFAULT_LAMBDA,
+        selection_lambda: float | LambdaDefault = BY_BUDGET,
         video_ratio: float | None = None,
     ) -> PrunedPrompt:
         """Select, prune and position one processed prompt (the processor's output for batch size 1).
@@ -245,7 +245,7 @@ class QwenVLSelector:
 
     @torch.no_grad()
     def _prepare_per_frame(self, inputs, ratio: float, video_ratio: float, method: str, seed: int | None,
-                           selection_lambda: float) -> PrunedPrompt:
+                           selection_lambda: float | LambdaDefault) -> PrunedPrompt:
         """Qwen3-VL-family prompts with videos: each video frame is its own run of tokens after timestamp text.
 
         Obviously right rather than fast: transformers' ``get_rope_index`` positions the *unpruned* prompt; every item
@@ -341,7 +341,7 @@ class QwenVLSelector:
         max_new_tokens: int = 16,
         seed: int | None = None,
         eos_token_ids: Sequence[int] = (),
-        selection_lambda: float = DEFAULT_LAMBDA,
+        selection_lambda: float | LambdaDefault = BY_BUDGET,
         video_ratio: float | None = None,
     ) -> tuple[list[int], PrunedPrompt]:
         """Greedy decoding on the pruned prompt. Returns the generated ids and the pruned prompt."""

@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from vs_vllm.selection.mmr import DEFAULT_LAMBDA, mmr_select
+from vs_vllm.selection.mmr import BY_BUDGET, mmr_select
 from vs_vllm.selection.scorer import TransformerScorer, importance_scores
 from vs_vllm.selection.topk import select_topk, validate_k
 
@@ -166,11 +166,12 @@ def _learned_scores(embeddings: torch.Tensor, scorer: TransformerScorer | None, 
 
 
 @register_method("visionselector_mmr")
-def visionselector_mmr(embeddings, grid, k, *, scorer=None, seed=None, selection_lambda=DEFAULT_LAMBDA):
+def visionselector_mmr(embeddings, grid, k, *, scorer=None, seed=None, selection_lambda=BY_BUDGET):
     """VisionSelector scores + diversity by maximal marginal relevance (IDPruner, arXiv 2602.13315).
 
     Greedy: ``selection_lambda * minmax(score) - (1 - selection_lambda) * max cosine similarity to the tokens already
-    kept``; ``selection_lambda = 1`` is exactly ``visionselector``. See :mod:`vs_vllm.selection.mmr`.
+    kept``; ``selection_lambda = 1`` is exactly ``visionselector``; left out, ``default_lambda(k)``. See
+    :mod:`vs_vllm.selection.mmr`.
     """
     n, _, k = _check_inputs(embeddings, grid, k)
     if k == n:

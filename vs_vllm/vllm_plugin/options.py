@@ -2,7 +2,8 @@
 
 A request chooses ``retention_ratio`` (0 < r <= 1, for every image and video), ``selection_method`` (a registered
 method) and optionally ``selection_seed`` (for ``random``), ``selection_lambda`` (0 <= lambda <= 1, the
-score/diversity trade-off of ``visionselector_mmr``) and ``video_retention_ratio`` (0 < r <= 1: videos use it instead
+score/diversity trade-off of ``visionselector_mmr``; ``BY_BUDGET`` when neither the request nor the server gives
+one, which selects by ``vs_vllm.selection.mmr.default_lambda`` of each image's budget) and ``video_retention_ratio`` (0 < r <= 1: videos use it instead
 of ``retention_ratio``; unset, they use ``retention_ratio``; ``SelectionOptions.ratio_for(modality)`` is the rule).
 Each option left out of a request falls back to its own server default, so a request that sets only
 ``retention_ratio`` still prunes videos at the server's ``video_retention_ratio`` when the server sets one. The
@@ -14,7 +15,7 @@ cache key, so different ratios never share cache entries. Server-wide defaults c
     VS_VLLM_RETENTION_RATIO=0.3        default ratio (1.0 = keep everything)
     VS_VLLM_VIDEO_RETENTION_RATIO=0.2  default ratio for videos (unset = VS_VLLM_RETENTION_RATIO)
     VS_VLLM_SELECTION_METHOD=uniform   default method
-    VS_VLLM_SELECTION_LAMBDA=0.5       default selection_lambda (visionselector_mmr)
+    VS_VLLM_SELECTION_LAMBDA=0.5       default selection_lambda (visionselector_mmr; unset = by budget)
     VS_VLLM_SCORER=/path/scorer.safetensors   scorer weights (else the checkpoint's visual.importance_scorer.*)
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vs_vllm.selection.budget import validate_ratio
-from vs_vllm.selection.mmr import DEFAULT_LAMBDA, validate_lambda
+from vs_vllm.selection.mmr import BY_BUDGET, LambdaDefault, validate_lambda
 
 __all__ = [
     "ENV_ENABLE",
@@ -72,7 +73,7 @@ class SelectionOptions:
     retention_ratio: float = 1.0
     selection_method: str = "visionselector"
     selection_seed: int | None = None
-    selection_lambda: float = DEFAULT_LAMBDA
+    selection_lambda: float | LambdaDefault = BY_BUDGET  # BY_BUDGET: default_lambda of each image's budget
     video_retention_ratio: float | None = None
 
     def ratio_for(self, modality: str) -> float:
@@ -146,7 +147,7 @@ def default_options(env: Mapping[str, str] | None = None) -> SelectionOptions:
         raise ValueError(f"{ENV_METHOD}={method!r}: {exc}") from None
     lambda_text = env.get(ENV_LAMBDA)
     try:
-        lam = validate_lambda(float(lambda_text), name=ENV_LAMBDA) if lambda_text else DEFAULT_LAMBDA
+        lam = validate_lambda(float(lambda_text), name=ENV_LAMBDA) if lambda_text else BY_BUDGET
     except ValueError as exc:
         raise ValueError(f"{ENV_LAMBDA}={lambda_text!r}: {exc}") from None
     return SelectionOptions(

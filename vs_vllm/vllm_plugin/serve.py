@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--selection-lambda",
         metavar="L",
         help="server-wide default score/diversity trade-off of visionselector_mmr, 0 <= L <= 1 (1 = visionselector's "
-        "own choice, 0 = pure diversity; sets VS_VLLM_SELECTION_LAMBDA; default 0.5)",
+        "own choice, 0 = pure diversity; sets VS_VLLM_SELECTION_LAMBDA; default: by each image's budget K, 1 for small K "
+        "and 0.5 above, see vs_vllm.selection.mmr.default_lambda)",
     )
     p.add_argument(
         "--scorer",

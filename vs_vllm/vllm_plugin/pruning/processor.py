@@ -23,6 +23,7 @@ from vllm.multimodal.processing import PromptReplacement
 
 from vs_vllm.selection.budget import keep_count
 from vs_vllm.selection.methods import list_methods, needs_scorer
+from vs_vllm.selection.mmr import effective_lambda
 from vs_vllm.vllm_plugin.options import ENV_SCORER, SelectionOptions, default_options, parse_options, split_options
 from vs_vllm.vllm_plugin.pruning.adapter import ArchitectureAdapter
 from vs_vllm.vllm_plugin.pruning.fields import NO_SEED, field_names, method_id
@@ -102,8 +103,11 @@ class PruningProcessorMixin:
             processed_data[method_name] = torch.full((count,), method_id(options.selection_method))
             seed = NO_SEED if options.selection_seed is None else options.selection_seed
             processed_data[seed_name] = torch.full((count,), seed, dtype=torch.long)
-            # float64: the request's lambda arrives in the worker exactly as validated
-            processed_data[lambda_name] = torch.full((count,), options.selection_lambda, dtype=torch.float64)
+            # float64: the request's lambda arrives in the worker exactly as validated; without one, each item's
+            # lambda is the default rule's for its budget, decided here on the host where K is known
+            processed_data[lambda_name] = torch.tensor(
+                [effective_lambda(options.selection_lambda, k) for k in processed_data[keep_name].tolist()],
+                dtype=torch.float64)
         return processed_data
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from vs_vllm.selection.methods import select
-from vs_vllm.selection.mmr import DEFAULT_LAMBDA
+from vs_vllm.selection.mmr import BY_BUDGET, LambdaDefault, effective_lambda
 from vs_vllm.vllm_plugin.pruning.channels import unpositioned
 
 __all__ = ["PACKED_METHODS", "ItemSelection", "packed_rows", "select_items"]
@@ -40,7 +40,7 @@ class ItemSelection:
     keep: int
     method: str
     seed: int | None = None
-    selection_lambda: float = DEFAULT_LAMBDA
+    selection_lambda: float | LambdaDefault = BY_BUDGET  # BY_BUDGET: default_lambda(keep)
 
 
 def select_items(
@@ -93,8 +93,8 @@ def select_items(
         if method == "visionselector":
             sel = select_tokens(x_scored, cu, keep, *weights, **layout)
         else:
-            sel = select_tokens_mmr(x_scored, cu, keep, *weights, [choices[i].selection_lambda for i in packed],
-                                    **layout)
+            lambdas = [effective_lambda(choices[i].selection_lambda, choices[i].keep) for i in packed]
+            sel = select_tokens_mmr(x_scored, cu, keep, *weights, lambdas, **layout)
         for j, i in enumerate(packed):
             out[i] = sel.packed[cu_keep[j] : cu_keep[j + 1]]
 
