@@ -94,7 +94,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: The session-wide servers of the tiny Qwen2.5-VL by fixture name. ``served_arch`` stops them while it serves another
 #: architecture (so a pass never holds five tiny servers at once: ``make test`` runs its passes side by side on a
-#: 24 GiB machine); :func:`pytest_runtest_setup` starts them again, on their own port, for the next test that uses them.
+#: 24 GiB machine); :func:`pytest_runtest_setup` starts them again, on a fresh port, for the next test that uses them.
 _SHARED_SERVERS: dict = {}
 
 
@@ -216,7 +216,7 @@ def served_arch(request: pytest.FixtureRequest, tiny_arch_dir, start_plugin_serv
     """
     from vs_vllm.testing.server import VLLMServer, tiny_serve_args
 
-    made: dict[str, tuple] = {}  # arch -> (model_dir, stock, plugin); stopped servers restart on their own port
+    made: dict[str, tuple] = {}  # arch -> (model_dir, stock, plugin); stopped servers restart on a fresh port
     chunked_made: dict[str, VLLMServer] = {}
     running: list[VLLMServer] = []  # the extra servers of the current architecture
     current: list[str] = []

@@ -85,6 +85,8 @@ class VLLMServer:
             self.env.pop(CPU_KV_ENV, None)
         self.host = host
         self.port = port or free_port(host)
+        self._port_given = port is not None
+        self._starts = 0
         self.startup_timeout = startup_timeout
         self.command = list(command) if command is not None else [*vllm_command(), "serve"]
         if log_path is None:
@@ -107,6 +109,10 @@ class VLLMServer:
     def start(self) -> VLLMServer:
         if self.proc is not None:
             raise RuntimeError("server already started")
+        if self._starts and not self._port_given:
+            # A restart after stop(): the old port may belong to another process by now
+            self.port = free_port(self.host)
+        self._starts += 1
         log = open(self.log_path, "wb")
         try:
             # A new session makes the server the leader of its own process group, so stop() reaches its children
@@ -152,12 +158,27 @@ class VLLMServer:
                 raise RuntimeError(f"vllm serve exited with code {code} during start-up; {self.failure_summary()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and self._listens_on_port():
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"vllm serve not healthy after {self.startup_timeout:.0f} s; {self.failure_summary()}")
+
+    def _listens_on_port(self) -> bool:
+        """Whether this server's own processes hold the listening socket on its port: a 200 from /health proves
+        nothing while another process (another test session's server) may hold that port."""
+        import psutil
+
+        try:
+            leader = psutil.Process(self.proc.pid)
+            for process in (leader, *leader.children(recursive=True)):
+                for conn in process.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port:
+                        return True
+        except psutil.Error:
+            return False
+        return False
 
     def stop(self, grace: float = 20.0) -> None:
         proc, self.proc = self.proc, None
