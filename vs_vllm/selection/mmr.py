@@ -31,9 +31,9 @@ Two loops implement the greedy steps:
   loop never waits for the device.
 - ``_greedy_deferred`` (CPU): the same choices with far fewer reads of the N x D rows -- a small candidate set is kept
   exact every step and the other tokens are bounded from above, so most steps touch only the candidates; the full
-  similarity vector is brought up to date by one GEMM over many picks at once (see the function). 7-11x faster
-  than the step-wise loop at N = 4096 on 2 CPU cores (benchmarks/results/mmr_select_cpu.md); it decides on the host
-  every step, which would stall an accelerator, hence step-wise there.
+  similarity vector is brought up to date by one GEMM over many picks at once (see the function). 12-13x faster
+  than the step-wise loop at N = 4096, K = 409 on 2 CPU cores (benchmarks/results/mmr_select_cpu.md); it decides
+  on the host every step, which would stall an accelerator, hence step-wise there.
 """
 
 from __future__ import annotations
