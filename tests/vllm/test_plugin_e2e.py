@@ -44,6 +44,7 @@ def hf_reference(arch_setup, scorer_file):
 
     from vs_vllm.hf.qwen_vl import QwenVLSelector
     from vs_vllm.selection.checkpoint import load_scorer
+    from vs_vllm.selection.mmr import BY_BUDGET  # what the server uses when a request gives no selection_lambda
 
     model_dir = arch_setup[1]
     proc = AutoProcessor.from_pretrained(model_dir)
@@ -51,7 +52,7 @@ def hf_reference(arch_setup, scorer_file):
     selector = QwenVLSelector(model, load_scorer(scorer_file))
     memo: dict = {}
 
-    def run(images_key, images, ratio, method="visionselector", seed=None, selection_lambda=0.5):
+    def run(images_key, images, ratio, method="visionselector", seed=None, selection_lambda=BY_BUDGET):
         key = (images_key, ratio, method, seed, selection_lambda)
         if key not in memo:
             content = [{"type": "image"} for _ in images] + [{"type": "text", "text": QUESTION}]
