@@ -19,7 +19,7 @@ step). Here
 
 One launch for every step: no per-step launch or host sync, so the time does not scale with K launches. Cost: the
 GEMM (2 N^2 D flops per image) and 4 N^2 bytes of memory per image; images whose matrix does not fit
-``gram_max_bytes`` (``MMRConfig``, 1 GiB by default: one N = 16384 image) go to the streaming kernel, and a batch is
+``gram_max_bytes`` (``MMRConfig``; 0 by default, so the route is opt-in until timed) go to the streaming kernel; a batch is
 processed in groups whose matrices fit together. Untimed on a GPU so far: ``make gpu-check`` (bench_mmr.py) measures
 it against torch and the streaming kernel.
 

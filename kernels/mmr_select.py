@@ -87,7 +87,9 @@ class MMRConfig:
     block_n_unaligned: int = 16
     # the Gram route (kernels/mmr_gram.py): images whose fp32 N x N cosine matrices fit gram_max_bytes (together per
     # launch) run their steps over rows of that matrix; tokens per tile and warps of its one-program-per-image kernel
-    gram_max_bytes: int = 1 << 30
+    # Off (0) by default: the route is untimed on a GPU and the load-time warm-up does not compile its variants yet
+    # (kernels/warmup.py); MMRConfig(gram_max_bytes=1 << 30) turns it on (one N = 16384 image per GiB).
+    gram_max_bytes: int = 0
     gram_block_n: int = 2048
     gram_num_warps: int = 8
 

@@ -205,9 +205,13 @@ def main(argv=None) -> int:
         from vs_vllm.kernels.mmr_select import get_mmr_config, mmr_select_triton
 
         stream_cfg = replace(get_mmr_config(), gram_max_bytes=0)
+        gram_cfg = replace(get_mmr_config(), gram_max_bytes=1 << 30)  # the Gram route is opt-in (MMRConfig)
 
         def mmr_stream(s, x, cu, keep, lam):
             return mmr_select_triton(s, x, cu, keep, lam, config=stream_cfg)
+
+        def mmr_gram(s, x, cu, keep, lam):
+            return mmr_select_triton(s, x, cu, keep, lam, config=gram_cfg)
 
         dev = "cuda"
         name = torch.cuda.get_device_name()
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
                 s = torch.randn(images * n, device=dev, generator=g)
                 cu = [i * n for i in range(images + 1)]
                 results = {}
-                ops = (("torch", mmr_select_ref), ("triton_gram", mmr_select_triton), ("triton_stream", mmr_stream))
+                ops = (("torch", mmr_select_ref), ("triton_gram", mmr_gram), ("triton_stream", mmr_stream))
                 for backend, op in ops:
 
                     def fn_for_k(kk, op=op, x=x, s=s, cu=cu, images=images):
